@@ -1,0 +1,89 @@
+"""HTTP routes. Thin: read bytes, decode, hand the request to the pipeline, encode the answer."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import msgspec
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from gateway.api.decode import decode_bid_request
+from gateway.api.errors import error_response
+from gateway.errors import RequestTooLarge
+from gateway.openrtb import BidRequest, BidResponse, encode_response
+from gateway.services import Services
+
+router = APIRouter()
+
+# The body is decoded by msgspec from raw bytes (several times cheaper than FastAPI's pydantic path), so
+# the OpenAPI schema is generated from the same msgspec structs and attached by hand.
+_REF = "#/components/schemas/{name}"
+(_REQUEST_SCHEMA, _RESPONSE_SCHEMA), OPENAPI_COMPONENTS = msgspec.json.schema_components(
+    [BidRequest, BidResponse], ref_template=_REF
+)
+_ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {
+                "code": {"type": "string"},
+                "message": {"type": "string"},
+                "field": {"type": ["string", "null"], "description": "JSON path of the offending field"},
+            },
+        }
+    },
+}
+
+
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+@router.post(
+    "/v1/bid",
+    summary="Rank the candidate ads of an OpenRTB 2.6 BidRequest and answer a BidResponse",
+    openapi_extra={
+        "requestBody": {"required": True, "content": {"application/json": {"schema": _REQUEST_SCHEMA}}}
+    },
+    responses={
+        200: _json(_RESPONSE_SCHEMA, "A BidResponse: bids per imp, or seatbid [] with nbr"),
+        400: _json(_ERROR_SCHEMA, "Malformed JSON, a wrong type or a missing field"),
+        413: _json(_ERROR_SCHEMA, "Body, imps or candidates over the configured limits"),
+        422: _json(_ERROR_SCHEMA, "Well-formed but invalid (duplicate ids, unknown currency, ...)"),
+        503: _json(_ERROR_SCHEMA, "The model server could not score in time"),
+    },
+)
+async def bid(request: Request) -> Response:
+    services: Services = request.app.state.services
+    received_at = time.monotonic()
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > services.limits.max_body_bytes:
+        # Refuse before reading a body we will not accept.
+        raise RequestTooLarge(
+            "body_too_large", f"body is {declared} bytes; the limit is {services.limits.max_body_bytes}"
+        )
+    body = await request.body()
+    bid_request = decode_bid_request(body, services.limits)
+    timings = {"decode": (time.monotonic() - received_at) * 1000.0}
+    decision = await services.pipeline.decide(bid_request, received_at, timings)
+    return Response(encode_response(decision.response), media_type="application/json")
+
+
+@router.get("/healthz", summary="Liveness: the process serves HTTP")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", summary="Readiness: Triton reachable with the model ready, stores loaded")
+async def readyz(request: Request) -> Response:
+    services: Services = request.app.state.services
+    checks = {"stores": services.store.ready(), "model": await services.scorer_ready()}
+    if all(checks.values()):
+        return Response(b'{"status":"ready"}', media_type="application/json")
+    failing = ", ".join(name for name, ok in checks.items() if not ok)
+    return error_response(503, "not_ready", f"not ready: {failing}")

@@ -1,0 +1,157 @@
+"""`python -m gateway <command>`: the operator's entry points.
+
+serve   the gateway (uvicorn, uvloop + httptools) against the Triton at BIDGW_TRITON_URL
+triton  a local CPU Triton on triton_models/ until Ctrl-C
+run     both: a local Triton, then the gateway pointed at it; Ctrl-C stops both (`make run`)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import FrameType
+
+from gateway.errors import LocalTritonError
+from gateway.local_triton import (
+    DEFAULT_MODEL_REPOSITORY,
+    LocalTriton,
+    TritonPorts,
+    first_error_line,
+)
+
+log = logging.getLogger("gateway.cli")
+
+
+def _add_triton_args(parser: argparse.ArgumentParser, prefix: str = "") -> None:
+    parser.add_argument(f"--{prefix}http-port", type=int, default=8100)
+    parser.add_argument(f"--{prefix}grpc-port", type=int, default=8101)
+    parser.add_argument(f"--{prefix}metrics-port", type=int, default=8102)
+    parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
+    parser.add_argument("--config-name", default="cpu", help="configs/<name>.pbtxt per model ('' = GPU)")
+    parser.add_argument("--startup-timeout", type=float, default=180.0)
+
+
+def _add_serve_args(parser: argparse.ArgumentParser) -> None:
+    # Defaults come from Settings (BIDGW_HOST, BIDGW_PORT, BIDGW_WORKERS); flags override them.
+    parser.add_argument("--host")
+    parser.add_argument("--port", type=int)
+    parser.add_argument("--workers", type=int)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m gateway", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    _add_serve_args(commands.add_parser("serve", help="run the gateway"))
+    _add_triton_args(commands.add_parser("triton", help="run a local CPU Triton until Ctrl-C"))
+    run = commands.add_parser("run", help="a local Triton and the gateway on it, until Ctrl-C")
+    _add_serve_args(run)
+    _add_triton_args(run, prefix="triton-")
+    return parser
+
+
+class _StopRequested:
+    """Turns SIGINT/SIGTERM into an event the main loop waits on, so cleanup runs in one place."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self._handle)
+
+    def _handle(self, _signum: int, _frame: FrameType | None) -> None:
+        self.event.set()
+
+
+def _local_triton(args: argparse.Namespace, ports: TritonPorts) -> LocalTriton:
+    return LocalTriton(
+        ports,
+        model_repository=args.model_repository,
+        config_name=args.config_name,
+        startup_timeout_s=args.startup_timeout,
+    )
+
+
+def _announce(server: LocalTriton, started: float) -> None:
+    log.info("Triton ready in %.1fs (pid %s)", time.monotonic() - started, server.pid)
+    log.info("  HTTP    %s", server.http_url)
+    log.info("  gRPC    %s", server.grpc_url)
+    log.info("  metrics %s", server.metrics_url)
+    log.info("  log     %s", server.log_path)
+
+
+def run_triton(args: argparse.Namespace) -> int:
+    stop = _StopRequested()
+    ports = TritonPorts(http=args.http_port, grpc=args.grpc_port, metrics=args.metrics_port)
+    started = time.monotonic()
+    with _local_triton(args, ports) as server:
+        _announce(server, started)
+        log.info("Ctrl-C stops it")
+        while not stop.event.wait(0.5):
+            if not server.is_running():
+                log.error("tritonserver exited unexpectedly: %s", first_error_line(server.read_log()))
+                return 1
+    log.info("Triton stopped")
+    return 0
+
+
+def serve(args: argparse.Namespace) -> int:
+    import uvicorn  # noqa: PLC0415 - only this command needs the server
+
+    from gateway.config import Settings  # noqa: PLC0415
+
+    # Flags reach every uvicorn worker process through the environment the workers' Settings() read.
+    for name in ("host", "port", "workers"):
+        if getattr(args, name) is not None:
+            os.environ[f"BIDGW_{name.upper()}"] = str(getattr(args, name))
+    settings = Settings()
+    log.info(
+        "gateway on http://%s:%d (Triton %s, %d worker(s))",
+        settings.host,
+        settings.port,
+        settings.triton_url,
+        settings.workers,
+    )
+    uvicorn.run(
+        "gateway.app:create_app",
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        loop="uvloop",
+        http="httptools",
+        log_level=settings.log_level,
+        access_log=False,  # one structured line per bid comes from the app, not uvicorn's access log
+        timeout_graceful_shutdown=10,
+    )
+    return 0
+
+
+def run_stack(args: argparse.Namespace) -> int:
+    ports = TritonPorts(
+        http=args.triton_http_port, grpc=args.triton_grpc_port, metrics=args.triton_metrics_port
+    )
+    started = time.monotonic()
+    with _local_triton(args, ports) as server:
+        _announce(server, started)
+        os.environ["BIDGW_TRITON_URL"] = server.grpc_url
+        # uvicorn handles Ctrl-C/SIGTERM and returns; leaving the block then stops Triton.
+        return serve(args)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = _parser().parse_args(argv)
+    commands = {"serve": serve, "triton": run_triton, "run": run_stack}
+    try:
+        return commands[args.command](args)
+    except LocalTritonError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

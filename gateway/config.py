@@ -1,0 +1,65 @@
+"""All settings in one place: `BIDGW_*` environment variables (or a .env file), validated at start.
+
+Nested values use JSON in the variable, e.g. BIDGW_CURRENCY_RATES='{"USD": 1, "EUR": 0.92, "JPY": 151}'.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal, Self
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from gateway.core.currency import DEFAULT_RATES_PER_USD
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="BIDGW_", env_file=".env", extra="ignore", frozen=True)
+
+    # HTTP
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    workers: int = Field(1, ge=1, description="uvicorn worker processes; one per core is the rule")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    # Triton
+    triton_url: str = Field("127.0.0.1:8001", description="Triton gRPC address host:port")
+    model_name: str = "ranker"
+    model_version: str = Field("1", description="model version to score with ('' = Triton's choice)")
+
+    # Micro-batcher: coalesces concurrent bids of one worker into one Triton request.
+    batch_max_rows: int = Field(2048, ge=1, le=4096)
+    batch_max_wait_us: int = Field(500, ge=0, le=50_000)
+    batch_concurrency: int = Field(4, ge=1)
+    batch_upstream_latency_us: int = Field(2_000, ge=0)
+
+    # Deadlines (milliseconds): budget = min(tmax - network margin, server cap); default when tmax absent.
+    default_tmax_ms: int = Field(100, gt=0)
+    network_margin_ms: int = Field(10, ge=0)
+    server_cap_ms: int = Field(200, gt=0)
+
+    # Request limits
+    max_body_bytes: int = Field(1 << 20, gt=0)
+    max_imps: int = Field(64, gt=0)
+    max_candidates: int = Field(1000, gt=0)
+
+    # Money: units of each currency per 1 USD (USD is the base and always 1).
+    currency_rates: dict[str, float] = Field(default_factory=lambda: dict(DEFAULT_RATES_PER_USD))
+    seat: str = "bid-gateway"
+
+    # Stores
+    store_backend: Literal["embedded"] = "embedded"
+    snapshot_dir: Path = REPO_ROOT / "data" / "snapshots"
+
+    @model_validator(mode="after")
+    def _check(self) -> Self:
+        if self.currency_rates.get("USD", 1.0) != 1.0:
+            raise ValueError("currency_rates: USD is the base currency and must be 1")
+        if any(rate <= 0 for rate in self.currency_rates.values()):
+            raise ValueError("currency_rates: every rate must be > 0")
+        if self.network_margin_ms >= self.server_cap_ms:
+            raise ValueError("network_margin_ms must be below server_cap_ms")
+        return self

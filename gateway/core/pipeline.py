@@ -1,0 +1,264 @@
+"""The data plane: one decoded BidRequest in, one BidResponse out. No HTTP, no gRPC, no store client here.
+
+Stages, each reading the remaining budget: features (stores + assembly) -> scoring (one Scorer call for
+all candidates) -> auction (eCPM, eligibility, winners, prices) -> the OpenRTB response.
+
+A candidate is scored once, for the placement of the first imp it may serve (its first `imp_ids` entry
+that exists, else the first imp). Multi-imp requests usually offer similar placements; scoring every
+(imp, candidate) pair would multiply Triton rows by the imp count for a small gain.
+"""
+
+from __future__ import annotations
+
+import enum
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from gateway.core import auction, eligibility, features
+from gateway.core.currency import CurrencyTable
+from gateway.core.ports import AdKeys, FeatureStore, Scorer, Scores
+from gateway.openrtb import (
+    Bid,
+    BidExt,
+    BidRequest,
+    BidResponse,
+    Candidate,
+    NoBidReason,
+    ResponseExt,
+    SeatBid,
+)
+
+
+class GatewayNoBidReason(enum.IntEnum):
+    """Exchange-specific no-bid reasons (OpenRTB reserves 500+ for them): the standard list has no code
+    for "the auction had no winner", which is the gateway's most common no-bid."""
+
+    NO_ELIGIBLE_CANDIDATE = 501  # every candidate blocked (badv/bcat) or not allowed on any imp
+    ALL_BELOW_FLOOR = 502  # some candidates could serve, none cleared a floor
+
+
+@dataclass(frozen=True, slots=True)
+class PipelineConfig:
+    seat: str
+    default_tmax_s: float
+    network_margin_s: float
+    server_cap_s: float
+    # Below this much remaining budget, scoring cannot finish: answer nbr 15 at once.
+    min_scoring_budget_s: float = 0.002
+
+
+@dataclass(slots=True)
+class Decision:
+    """The response plus what observability needs (outcome, stage timings, degraded flag)."""
+
+    response: BidResponse
+    outcome: str  # "bid", or "nobid_<nbr>"
+    timings_ms: dict[str, float] = field(default_factory=dict)
+    candidates: int = 0
+
+
+def _now_hour() -> int:
+    return datetime.now(UTC).hour
+
+
+class BidPipeline:
+    def __init__(
+        self,
+        store: FeatureStore,
+        scorer: Scorer,
+        currencies: CurrencyTable,
+        config: PipelineConfig,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        hour: Callable[[], int] = _now_hour,
+    ) -> None:
+        self._store = store
+        self._scorer = scorer
+        self._currencies = currencies
+        self._config = config
+        self._clock = clock
+        self._hour = hour
+
+    def deadline(self, request: BidRequest, received_at: float) -> float:
+        """min(tmax - network margin, server cap), as a clock instant."""
+        tmax_s = request.tmax / 1000.0 if request.tmax is not None else self._config.default_tmax_s
+        budget = min(tmax_s - self._config.network_margin_s, self._config.server_cap_s)
+        return received_at + budget
+
+    async def decide(
+        self, request: BidRequest, received_at: float, timings: dict[str, float] | None = None
+    ) -> Decision:
+        """`timings` may arrive holding earlier stages (decode); the pipeline adds its own."""
+        deadline = self.deadline(request, received_at)
+        timings = {} if timings is None else timings
+        raw_candidates = request.ext.candidates if request.ext else []
+        if deadline - self._clock() < self._config.min_scoring_budget_s:
+            return self._no_bid(request, NoBidReason.INSUFFICIENT_AUCTION_TIME, timings, len(raw_candidates))
+
+        started = self._clock()
+        candidates = _candidate_columns(raw_candidates)
+        imps = [_impression(imp) for imp in request.imp]
+        imp_of_candidate = _scoring_imp(request, candidates)
+        context = features.context_from_request(request, self._hour())
+        user = await self._store.user_features(features.user_key(request))
+        ads = await self._store.ad_features(
+            AdKeys(
+                ad_ids=candidates.ad_ids,
+                campaign_ids=candidates.campaign_ids,
+                advertisers=candidates.advertisers,
+                categories=[cats[0] if cats else "" for cats in candidates.categories],
+            )
+        )
+        cat_ids, dense = features.assemble(context, user, ads, imp_of_candidate)
+        scored_at = self._clock()
+        timings["features"] = (scored_at - started) * 1000.0
+
+        scores = await self._scorer.score(cat_ids, dense, deadline)
+        auction_at = self._clock()
+        timings["scoring"] = (auction_at - scored_at) * 1000.0
+
+        ecpm = auction.compute_ecpm(candidates.bid_types, candidates.bids, scores.pctr, scores.pcvr)
+        allowed = eligibility.build(
+            imps,
+            candidates,
+            badv=request.badv or [],
+            bcat=request.bcat or [],
+            ecpm=ecpm,
+            currency_table=self._currencies,
+        )
+        result = auction.run(ecpm, allowed, candidates, imps, auction.AuctionType(request.at))
+        timings["auction"] = (self._clock() - auction_at) * 1000.0
+
+        debug = _debug_info(raw_candidates, result, ecpm, timings) if _wants_debug(request) else None
+        if not result.wins:
+            reason = (
+                GatewayNoBidReason.ALL_BELOW_FLOOR
+                if (allowed.drop_code == eligibility.reason_code(eligibility.LossReason.BELOW_FLOOR)).any()
+                else GatewayNoBidReason.NO_ELIGIBLE_CANDIDATE
+            )
+            return self._no_bid(request, reason, timings, len(candidates), debug=debug)
+        response = self._bid_response(request, raw_candidates, result, ecpm, scores, debug)
+        return Decision(response=response, outcome="bid", timings_ms=timings, candidates=len(candidates))
+
+    def _bid_response(
+        self,
+        request: BidRequest,
+        raw_candidates: list[Candidate],
+        result: auction.AuctionResult,
+        ecpm: npt.NDArray[np.float64],
+        scores: Scores,
+        debug: dict[str, Any] | None,
+    ) -> BidResponse:
+        currency = self._currencies.response_currency(request.cur)
+        bids = []
+        for win in result.wins:
+            ad = raw_candidates[win.candidate]
+            bids.append(
+                Bid(
+                    id=uuid.uuid4().hex,
+                    impid=request.imp[win.imp].id,
+                    price=self._currencies.price_from_usd(win.price_usd, currency),
+                    adid=ad.id,
+                    adomain=[ad.advertiser],
+                    cid=ad.campaign_id,
+                    crid=ad.crid or ad.id,
+                    cat=ad.cat,
+                    dealid=win.deal_id,
+                    ext=BidExt(
+                        ecpm=round(float(ecpm[win.candidate]), 6),
+                        pctr=float(scores.pctr[win.candidate]),
+                        pcvr=float(scores.pcvr[win.candidate]),
+                        bid_type=ad.bid_type,
+                        model_version=scores.model_version,
+                    ),
+                )
+            )
+        return BidResponse(
+            id=request.id,
+            bidid=uuid.uuid4().hex,
+            cur=currency,
+            seatbid=[SeatBid(seat=self._config.seat, bid=bids)],
+            ext=ResponseExt(degraded=False, debug=debug),
+        )
+
+    def _no_bid(
+        self,
+        request: BidRequest,
+        reason: int,
+        timings: dict[str, float],
+        candidates: int,
+        *,
+        debug: dict[str, Any] | None = None,
+    ) -> Decision:
+        if debug is None and _wants_debug(request):
+            debug = {"timings_ms": timings, "dropped": []}
+        response = BidResponse(
+            id=request.id, seatbid=[], nbr=int(reason), ext=ResponseExt(degraded=False, debug=debug)
+        )
+        return Decision(
+            response=response, outcome=f"nobid_{int(reason)}", timings_ms=timings, candidates=candidates
+        )
+
+
+def _wants_debug(request: BidRequest) -> bool:
+    return bool(request.ext and request.ext.debug)
+
+
+def _candidate_columns(raw: list[Candidate]) -> eligibility.Candidates:
+    return eligibility.Candidates(
+        ad_ids=[c.id for c in raw],
+        campaign_ids=[c.campaign_id for c in raw],
+        advertisers=[c.advertiser for c in raw],
+        categories=[tuple(c.cat) for c in raw],
+        bid_types=auction.encode_bid_types([c.bid_type for c in raw]),
+        bids=np.fromiter((c.bid for c in raw), dtype=np.float64, count=len(raw)),
+        imp_ids=[tuple(c.imp_ids) if c.imp_ids is not None else None for c in raw],
+        deal_ids=[c.deal_id for c in raw],
+        crids=[c.crid or c.id for c in raw],
+    )
+
+
+def _impression(imp: Any) -> eligibility.Impression:
+    pmp = imp.pmp
+    deals = {d.id: eligibility.Deal(d.bidfloor, d.bidfloorcur) for d in (pmp.deals or [])} if pmp else {}
+    return eligibility.Impression(
+        id=imp.id,
+        bidfloor=imp.bidfloor,
+        bidfloorcur=imp.bidfloorcur,
+        private_auction=bool(pmp and pmp.private_auction == 1),
+        deals=deals,
+    )
+
+
+def _scoring_imp(request: BidRequest, candidates: eligibility.Candidates) -> npt.NDArray[np.intp]:
+    """Each candidate's scoring placement: the first imp (request order) that its imp_ids allow."""
+    position = {imp.id: i for i, imp in enumerate(request.imp)}
+    return np.fromiter(
+        (
+            min((position[i] for i in ids if i in position), default=0) if ids else 0
+            for ids in candidates.imp_ids
+        ),
+        dtype=np.intp,
+        count=len(candidates),
+    )
+
+
+def _debug_info(
+    raw: list[Candidate],
+    result: auction.AuctionResult,
+    ecpm: npt.NDArray[np.float64],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    dropped = [
+        {"id": ad.id, "reason": str(reason), "ecpm": round(float(value), 6)}
+        for ad, reason, value in zip(raw, result.outcomes(), ecpm.tolist(), strict=True)
+        if reason is not None
+    ]
+    return {"timings_ms": timings, "dropped": dropped}

@@ -1,0 +1,89 @@
+"""What the data plane needs from the outside world, as small Protocols and plain array records.
+
+`core/` never imports `scoring/` or `stores/`: the app wires concrete implementations (Triton, the
+embedded snapshot store, Redis) into the pipeline through these shapes. Everything crossing this boundary
+is numpy arrays, not per-candidate Python objects, so the hot path stays vectorised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from gateway.core import feature_spec
+
+USER_CAT_FIELDS: Final = ("user_id", "user_age", "user_gender", "user_interest1", "user_interest2")
+USER_DENSE_FIELDS: Final = ("user_ctr_hist", "user_activity")
+AD_CAT_FIELDS: Final = ("ad_id", "campaign_id", "advertiser", "ad_category")
+AD_DENSE_FIELDS: Final = ("ad_prior_ctr", "ad_prior_cvr")
+
+
+@dataclass(frozen=True, slots=True)
+class UserFeatures:
+    """One user's model inputs: `cat` buckets in USER_CAT_FIELDS order, `dense` in USER_DENSE_FIELDS order."""
+
+    cat: npt.NDArray[np.int64]  # [len(USER_CAT_FIELDS)]
+    dense: npt.NDArray[np.float32]  # [len(USER_DENSE_FIELDS)]
+    known: bool
+
+
+@dataclass(frozen=True, slots=True)
+class AdKeys:
+    """What the request says about each candidate; a store falls back to hashing these for unknown ads."""
+
+    ad_ids: Sequence[str]
+    campaign_ids: Sequence[str]
+    advertisers: Sequence[str]
+    categories: Sequence[str]  # the candidate's first IAB category (or "" when it has none)
+
+
+@dataclass(frozen=True, slots=True)
+class AdFeatures:
+    """Per-candidate model inputs, rows in AdKeys order."""
+
+    cat: npt.NDArray[np.int64]  # [C, len(AD_CAT_FIELDS)]
+    dense: npt.NDArray[np.float32]  # [C, len(AD_DENSE_FIELDS)]; also the fallback scorer's priors
+    known: npt.NDArray[np.bool_]  # [C]
+
+
+class FeatureStore(Protocol):
+    """User and ad features. Implementations never raise for an unknown key: they return defaults."""
+
+    async def user_features(self, user_key: str | None) -> UserFeatures: ...
+
+    async def ad_features(self, ads: AdKeys) -> AdFeatures: ...
+
+    def ready(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Scores:
+    pctr: npt.NDArray[np.float32]  # [N] P(click | impression)
+    pcvr: npt.NDArray[np.float32]  # [N] P(conversion | click)
+    model_version: str
+
+
+class Scorer(Protocol):
+    """Scores N rows before `deadline` (a `time.monotonic()` instant).
+
+    Raises gateway.errors.ScoringTimeout when the deadline passes and ScoringUnavailable when the model
+    server cannot answer; never a third-party exception."""
+
+    async def score(
+        self, cat_ids: npt.NDArray[np.int64], dense: npt.NDArray[np.float32], deadline: float
+    ) -> Scores: ...
+
+    async def ready(self) -> bool: ...
+
+
+def user_defaults() -> UserFeatures:
+    """The anonymous/unknown user: missing-value buckets and population-mean dense features."""
+    cat = np.array(
+        [feature_spec.hash_field(name, feature_spec.MISSING) for name in USER_CAT_FIELDS], np.int64
+    )
+    dense = np.array([feature_spec.DEFAULT_USER_CTR, feature_spec.DEFAULT_USER_ACTIVITY], np.float32)
+    return UserFeatures(cat=cat, dense=dense, known=False)

@@ -1,0 +1,66 @@
+"""The gateway's own exceptions. Third-party errors (grpc, tritonclient, redis) are converted into these at
+the module that talks to them (`raise ... from exc`); `gateway.api.errors` maps them to HTTP in one table.
+
+GatewayError
+├── BadRequest                 the client's fault: a 4xx with {"error": {"code", "message", "field"}}
+│   ├── MalformedRequest       not JSON, a wrong type, a missing field (400)
+│   ├── InvalidRequest         well-formed but breaks a rule the gateway relies on (422)
+│   └── RequestTooLarge        body, imp or candidate count over a configured limit (413)
+├── ScoringError               Triton could not score in time
+│   ├── ScoringUnavailable     unreachable, model not ready, breaker open
+│   └── ScoringTimeout         the request's deadline passed before Triton answered
+├── StoreError                 a feature/ad store backend failed
+└── LocalTritonError           the local Triton launcher could not bring the server up (CLI only)
+"""
+
+from __future__ import annotations
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway raises on purpose."""
+
+
+class BadRequest(GatewayError):
+    """A request the gateway refuses; `code` is stable and machine-readable, `field` a JSON path or None."""
+
+    status_code = 400
+
+    def __init__(self, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.field = field
+
+
+class MalformedRequest(BadRequest):
+    """The body is not the JSON document the schema describes."""
+
+
+class InvalidRequest(BadRequest):
+    """Well-formed, but breaks a rule the decision relies on."""
+
+    status_code = 422
+
+
+class RequestTooLarge(BadRequest):
+    status_code = 413
+
+
+class ScoringError(GatewayError):
+    """Triton could not score the candidates."""
+
+
+class ScoringUnavailable(ScoringError):
+    """Triton is unreachable, the model is not ready, or the breaker is open."""
+
+
+class ScoringTimeout(ScoringError):
+    """The deadline passed before Triton answered."""
+
+
+class StoreError(GatewayError):
+    """A feature or ad store backend failed."""
+
+
+class LocalTritonError(GatewayError):
+    """The local Triton launcher failed; the message is the one line the operator needs."""
