@@ -84,7 +84,11 @@ class Ranker(nn.Module):
         rows, cols = torch.triu_indices(n_vectors, n_vectors, offset=1)
         # Each distinct pair once, as positions in the flattened [n_vectors * n_vectors] Gram matrix.
         self.register_buffer("pair_index", rows * n_vectors + cols)
-        self.top = _mlp([dim + rows.numel(), *config.top_hidden])
+        # The top MLP also reads the embeddings themselves, not only their dot products: most of the truth is
+        # first-order (ad, publisher, placement, hour effects), which a dot product can only pass through
+        # its dense-vector pairs (measured +0.0xx held-out AUC).
+        n_embedded = len(fs.CATEGORICAL_FIELDS) * dim
+        self.top = _mlp([dim + rows.numel() + n_embedded, *config.top_hidden])
         self.ctr_head = nn.Linear(config.top_hidden[-1], 1)
         self.cvr_head = nn.Linear(config.top_hidden[-1], 1)
 
@@ -102,7 +106,7 @@ class Ranker(nn.Module):
         )
         gram = torch.bmm(vectors, vectors.transpose(1, 2))
         pairs = torch.index_select(gram.flatten(1), 1, self.pair_index)
-        hidden = self.top(torch.cat([dense_vector, pairs], dim=1))
+        hidden = self.top(torch.cat([dense_vector, pairs, vectors[:, 1:].flatten(1)], dim=1))
         return self.ctr_head(hidden), self.cvr_head(hidden)
 
     def forward(self, cat_ids: torch.Tensor, dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -79,9 +79,6 @@ async def test_dynamic_batcher_merges_concurrent_requests(triton: LocalTriton) -
                     feature_spec.MODEL_NAME,
                     triton_inputs(cat, dense, aiogrpcclient.InferInput),
                     model_version="1",
-                    # A generous per-request queue timeout (overrides the model's default policy):
-                    # this test is about merging, not about shedding a burst on 2 cores.
-                    timeout=30_000_000,
                 )
                 for cat, dense in rows
             )
