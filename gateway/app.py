@@ -15,7 +15,10 @@ from gateway.api.decode import RequestLimits
 from gateway.config import Settings
 from gateway.core.currency import CurrencyTable
 from gateway.core.pipeline import BidPipeline, PipelineConfig
+from gateway.lifecycle import drain_on_sigterm
 from gateway.scoring.batcher import MicroBatcher
+from gateway.scoring.breaker import CircuitBreakerScorer
+from gateway.scoring.fallback import PriorScorer
 from gateway.scoring.triton import TritonScorer
 from gateway.services import Services
 from gateway.stores.embedded import EmbeddedFeatureStore
@@ -27,6 +30,7 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
         default_tmax_s=settings.default_tmax_ms / 1000.0,
         network_margin_s=settings.network_margin_ms / 1000.0,
         server_cap_s=settings.server_cap_ms / 1000.0,
+        auction_reserve_s=settings.auction_reserve_ms / 1000.0,
     )
 
 
@@ -41,15 +45,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings.triton_url, model_name=settings.model_name, model_version=settings.model_version
         )
         await triton.start()
-        batcher = MicroBatcher(
+        breaker = CircuitBreakerScorer(
             triton,
+            failure_threshold=settings.breaker_failure_threshold,
+            reset_timeout_s=settings.breaker_reset_s,
+        )
+        batcher = MicroBatcher(
+            breaker,
             max_rows=settings.batch_max_rows,
             max_wait_s=settings.batch_max_wait_us / 1e6,
             max_concurrent=settings.batch_concurrency,
             expected_latency_s=settings.batch_upstream_latency_us / 1e6,
         )
         currencies = CurrencyTable(settings.currency_rates)
-        app.state.services = Services(
+        fallback = PriorScorer() if settings.on_scoring_failure == "priors" else None
+        services = Services(
             limits=RequestLimits(
                 known_currencies=currencies.codes,
                 max_body_bytes=settings.max_body_bytes,
@@ -58,8 +68,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ),
             store=store,
             scorer=batcher,
-            pipeline=BidPipeline(store, batcher, currencies, pipeline_config(settings)),
+            pipeline=BidPipeline(store, batcher, currencies, pipeline_config(settings), fallback=fallback),
+            max_inflight_bids=settings.max_inflight_bids,
         )
+        app.state.services = services
+        drain_on_sigterm(services.mark_draining, settings.drain_delay_s)
         try:
             yield
         finally:

@@ -129,7 +129,7 @@ def serve(args: argparse.Namespace) -> int:
         http="httptools",
         log_level=settings.log_level,
         access_log=False,  # one structured line per bid comes from the app, not uvicorn's access log
-        timeout_graceful_shutdown=10,
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
     )
     return 0
 
@@ -155,3 +155,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     except LocalTritonError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it handled, after a clean shutdown
+        return 130

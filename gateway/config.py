@@ -41,6 +41,17 @@ class Settings(BaseSettings):
     network_margin_ms: int = Field(10, ge=0)
     server_cap_ms: int = Field(200, gt=0)
 
+    # Faults and overload
+    on_scoring_failure: Literal["priors", "nobid"] = Field(
+        "priors", description="Triton failed: bid on the ads' prior CTR/CVR (degraded) or no-bid with nbr 1"
+    )
+    breaker_failure_threshold: int = Field(5, ge=1, description="consecutive failed Triton calls to open")
+    breaker_reset_s: float = Field(1.0, gt=0, description="open circuit: seconds before a probe call")
+    max_inflight_bids: int = Field(64, ge=1, description="per worker; beyond it a bid is shed (503)")
+    auction_reserve_ms: float = Field(2.0, ge=0, description="budget kept back from scoring for the auction")
+    shutdown_grace_s: float = Field(10.0, gt=0, description="SIGTERM: in-flight bids get this long")
+    drain_delay_s: float = Field(0.0, ge=0, description="SIGTERM: unready this long before closing")
+
     # Request limits
     max_body_bytes: int = Field(1 << 20, gt=0)
     max_imps: int = Field(64, gt=0)

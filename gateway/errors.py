@@ -9,6 +9,7 @@ GatewayError
 ├── ScoringError               Triton could not score in time
 │   ├── ScoringUnavailable     unreachable, model not ready, breaker open
 │   └── ScoringTimeout         the request's deadline passed before Triton answered
+├── Overloaded                 admission control: too many bids in flight in this worker (503)
 ├── StoreError                 a feature/ad store backend failed
 └── LocalTritonError           the local Triton launcher could not bring the server up (CLI only)
 """
@@ -56,6 +57,10 @@ class ScoringUnavailable(ScoringError):
 
 class ScoringTimeout(ScoringError):
     """The deadline passed before Triton answered."""
+
+
+class Overloaded(GatewayError):
+    """This worker already has its limit of bids in flight; answering now beats queueing."""
 
 
 class StoreError(GatewayError):

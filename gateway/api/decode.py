@@ -24,8 +24,8 @@ from typing import Final
 
 import msgspec
 
-from gateway.openrtb import BidRequest, Candidate, Imp
 from gateway.errors import BadRequest, InvalidRequest, MalformedRequest, RequestTooLarge
+from gateway.openrtb import BidRequest, Candidate, Imp
 
 __all__ = ["RequestLimits", "decode_bid_request"]
 

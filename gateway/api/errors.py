@@ -6,11 +6,12 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
 
-from gateway.errors import BadRequest, GatewayError, ScoringError, ScoringTimeout, StoreError
+from gateway.errors import BadRequest, GatewayError, Overloaded, ScoringError, ScoringTimeout, StoreError
 
 # (status, code) for the errors that carry no code of their own. Retry-After tells a well-behaved bidder
 # to back off instead of hammering a gateway whose model server is down.
 _UPSTREAM: dict[type[GatewayError], tuple[int, str]] = {
+    Overloaded: (503, "overloaded"),
     ScoringTimeout: (503, "scoring_timeout"),
     ScoringError: (503, "scoring_unavailable"),
     StoreError: (503, "store_unavailable"),

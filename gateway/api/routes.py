@@ -11,7 +11,7 @@ from fastapi.responses import Response
 
 from gateway.api.decode import decode_bid_request
 from gateway.api.errors import error_response
-from gateway.errors import RequestTooLarge
+from gateway.errors import Overloaded, RequestTooLarge
 from gateway.openrtb import BidRequest, BidResponse, encode_response
 from gateway.services import Services
 
@@ -55,7 +55,7 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
         400: _json(_ERROR_SCHEMA, "Malformed JSON, a wrong type or a missing field"),
         413: _json(_ERROR_SCHEMA, "Body, imps or candidates over the configured limits"),
         422: _json(_ERROR_SCHEMA, "Well-formed but invalid (duplicate ids, unknown currency, ...)"),
-        503: _json(_ERROR_SCHEMA, "The model server could not score in time"),
+        503: _json(_ERROR_SCHEMA, "Overloaded (too many bids in flight here): retry another replica"),
     },
 )
 async def bid(request: Request) -> Response:
@@ -67,10 +67,21 @@ async def bid(request: Request) -> Response:
         raise RequestTooLarge(
             "body_too_large", f"body is {declared} bytes; the limit is {services.limits.max_body_bytes}"
         )
-    body = await request.body()
-    bid_request = decode_bid_request(body, services.limits)
-    timings = {"decode": (time.monotonic() - received_at) * 1000.0}
-    decision = await services.pipeline.decide(bid_request, received_at, timings)
+    if services.inflight_bids >= services.max_inflight_bids:
+        # Shed before reading the body: a fast 503 lets the caller try another replica within its tmax,
+        # while queueing here would make every admitted bid late too.
+        services.shed_bids += 1
+        raise Overloaded(
+            f"{services.inflight_bids} bids in flight in this worker (limit {services.max_inflight_bids})"
+        )
+    services.inflight_bids += 1
+    try:
+        body = await request.body()
+        bid_request = decode_bid_request(body, services.limits)
+        timings = {"decode": (time.monotonic() - received_at) * 1000.0}
+        decision = await services.pipeline.decide(bid_request, received_at, timings)
+    finally:
+        services.inflight_bids -= 1
     return Response(encode_response(decision.response), media_type="application/json")
 
 
@@ -82,6 +93,8 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", summary="Readiness: Triton reachable with the model ready, stores loaded")
 async def readyz(request: Request) -> Response:
     services: Services = request.app.state.services
+    if services.draining:
+        return error_response(503, "draining", "shutting down: finishing in-flight bids")
     checks = {"stores": services.store.ready(), "model": await services.scorer_ready()}
     if all(checks.values()):
         return Response(b'{"status":"ready"}', media_type="application/json")

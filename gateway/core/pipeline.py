@@ -11,6 +11,7 @@ that exists, else the first imp). Multi-imp requests usually offer similar place
 from __future__ import annotations
 
 import enum
+import logging
 import time
 import uuid
 from collections.abc import Callable
@@ -23,7 +24,18 @@ import numpy.typing as npt
 
 from gateway.core import auction, eligibility, features
 from gateway.core.currency import CurrencyTable
-from gateway.core.ports import AdKeys, FeatureStore, Scorer, Scores
+from gateway.core.ports import (
+    AdFeatures,
+    AdKeys,
+    FeatureStore,
+    ImmediateScorer,
+    Scorer,
+    Scores,
+    UserFeatures,
+    ad_defaults,
+    user_defaults,
+)
+from gateway.errors import ScoringError, StoreError
 from gateway.openrtb import (
     Bid,
     BidExt,
@@ -34,6 +46,8 @@ from gateway.openrtb import (
     ResponseExt,
     SeatBid,
 )
+
+log = logging.getLogger(__name__)
 
 
 class GatewayNoBidReason(enum.IntEnum):
@@ -52,6 +66,8 @@ class PipelineConfig:
     server_cap_s: float
     # Below this much remaining budget, scoring cannot finish: answer nbr 15 at once.
     min_scoring_budget_s: float = 0.002
+    # Kept back from the scorer's deadline for the fallback, the auction and encoding after it.
+    auction_reserve_s: float = 0.002
 
 
 @dataclass(slots=True)
@@ -62,6 +78,15 @@ class Decision:
     outcome: str  # "bid", or "nobid_<nbr>"
     timings_ms: dict[str, float] = field(default_factory=dict)
     candidates: int = 0
+    degraded: bool = False
+
+
+@dataclass(slots=True)
+class PipelineCounters:
+    """Plain counters the metrics layer exports (the pipeline stays free of prometheus)."""
+
+    scoring_failures: int = 0
+    store_failures: int = 0
 
 
 def _now_hour() -> int:
@@ -76,11 +101,16 @@ class BidPipeline:
         currencies: CurrencyTable,
         config: PipelineConfig,
         *,
+        fallback: ImmediateScorer | None = None,
         clock: Callable[[], float] = time.monotonic,
         hour: Callable[[], int] = _now_hour,
     ) -> None:
+        """When the scorer fails, `fallback` scores from priors; without one the answer is no-bid nbr 1.
+        Either way the response says `ext.degraded: true`."""
         self._store = store
         self._scorer = scorer
+        self._fallback = fallback
+        self.counters = PipelineCounters()
         self._currencies = currencies
         self._config = config
         self._clock = clock
@@ -107,20 +137,31 @@ class BidPipeline:
         imps = [_impression(imp) for imp in request.imp]
         imp_of_candidate = _scoring_imp(request, candidates)
         context = features.context_from_request(request, self._hour())
-        user = await self._store.user_features(features.user_key(request))
-        ads = await self._store.ad_features(
-            AdKeys(
-                ad_ids=candidates.ad_ids,
-                campaign_ids=candidates.campaign_ids,
-                advertisers=candidates.advertisers,
-                categories=[cats[0] if cats else "" for cats in candidates.categories],
-            )
+        keys = AdKeys(
+            ad_ids=candidates.ad_ids,
+            campaign_ids=candidates.campaign_ids,
+            advertisers=candidates.advertisers,
+            categories=[cats[0] if cats else "" for cats in candidates.categories],
         )
+        user, ads = await self._features(features.user_key(request), keys)
         cat_ids, dense = features.assemble(context, user, ads, imp_of_candidate)
         scored_at = self._clock()
         timings["features"] = (scored_at - started) * 1000.0
 
-        scores = await self._scorer.score(cat_ids, dense, deadline)
+        degraded = False
+        try:
+            # The scorer gets the deadline minus what the fallback, auction and encoding need after it.
+            scores = await self._scorer.score(cat_ids, dense, deadline - self._config.auction_reserve_s)
+        except ScoringError as exc:
+            log.debug("scoring failed (%s): %s", "priors" if self._fallback else "no-bid", exc)
+            self.counters.scoring_failures += 1
+            if self._fallback is None:
+                timings["scoring"] = (self._clock() - scored_at) * 1000.0
+                return self._no_bid(
+                    request, NoBidReason.TECHNICAL_ERROR, timings, len(candidates), degraded=True
+                )
+            scores = self._fallback.score_now(dense)
+            degraded = True
         auction_at = self._clock()
         timings["scoring"] = (auction_at - scored_at) * 1000.0
 
@@ -143,9 +184,33 @@ class BidPipeline:
                 if (allowed.drop_code == eligibility.reason_code(eligibility.LossReason.BELOW_FLOOR)).any()
                 else GatewayNoBidReason.NO_ELIGIBLE_CANDIDATE
             )
-            return self._no_bid(request, reason, timings, len(candidates), debug=debug)
-        response = self._bid_response(request, raw_candidates, result, ecpm, scores, debug)
-        return Decision(response=response, outcome="bid", timings_ms=timings, candidates=len(candidates))
+            return self._no_bid(request, reason, timings, len(candidates), debug=debug, degraded=degraded)
+        response = self._bid_response(
+            request, raw_candidates, result, ecpm, scores=scores, debug=debug, degraded=degraded
+        )
+        return Decision(
+            response=response,
+            outcome="bid",
+            timings_ms=timings,
+            candidates=len(candidates),
+            degraded=degraded,
+        )
+
+    async def _features(self, user_key: str | None, keys: AdKeys) -> tuple[UserFeatures, AdFeatures]:
+        """Store lookups; a failing store degrades to defaults (counted), it never fails the bid."""
+        try:
+            user = await self._store.user_features(user_key)
+        except StoreError as exc:
+            log.warning("user store failed, using defaults: %s", exc)
+            self.counters.store_failures += 1
+            user = user_defaults()
+        try:
+            ads = await self._store.ad_features(keys)
+        except StoreError as exc:
+            log.warning("ad store failed, using defaults: %s", exc)
+            self.counters.store_failures += 1
+            ads = ad_defaults(keys)
+        return user, ads
 
     def _bid_response(
         self,
@@ -153,8 +218,10 @@ class BidPipeline:
         raw_candidates: list[Candidate],
         result: auction.AuctionResult,
         ecpm: npt.NDArray[np.float64],
+        *,
         scores: Scores,
         debug: dict[str, Any] | None,
+        degraded: bool,
     ) -> BidResponse:
         currency = self._currencies.response_currency(request.cur)
         bids = []
@@ -185,7 +252,7 @@ class BidPipeline:
             bidid=uuid.uuid4().hex,
             cur=currency,
             seatbid=[SeatBid(seat=self._config.seat, bid=bids)],
-            ext=ResponseExt(degraded=False, debug=debug),
+            ext=ResponseExt(degraded=degraded, debug=debug),
         )
 
     def _no_bid(
@@ -196,14 +263,19 @@ class BidPipeline:
         candidates: int,
         *,
         debug: dict[str, Any] | None = None,
+        degraded: bool = False,
     ) -> Decision:
         if debug is None and _wants_debug(request):
             debug = {"timings_ms": timings, "dropped": []}
         response = BidResponse(
-            id=request.id, seatbid=[], nbr=int(reason), ext=ResponseExt(degraded=False, debug=debug)
+            id=request.id, seatbid=[], nbr=int(reason), ext=ResponseExt(degraded=degraded, debug=debug)
         )
         return Decision(
-            response=response, outcome=f"nobid_{int(reason)}", timings_ms=timings, candidates=candidates
+            response=response,
+            outcome=f"nobid_{int(reason)}",
+            timings_ms=timings,
+            candidates=candidates,
+            degraded=degraded,
         )
 
 

@@ -80,6 +80,12 @@ class Scorer(Protocol):
     async def ready(self) -> bool: ...
 
 
+class ImmediateScorer(Protocol):
+    """Scores without I/O and without failing: the fallback when the Scorer cannot answer."""
+
+    def score_now(self, dense: npt.NDArray[np.float32]) -> Scores: ...
+
+
 def user_defaults() -> UserFeatures:
     """The anonymous/unknown user: missing-value buckets and population-mean dense features."""
     cat = np.array(
@@ -87,3 +93,21 @@ def user_defaults() -> UserFeatures:
     )
     dense = np.array([feature_spec.DEFAULT_USER_CTR, feature_spec.DEFAULT_USER_ACTIVITY], np.float32)
     return UserFeatures(cat=cat, dense=dense, known=False)
+
+
+def ad_buckets_from_request(ads: AdKeys, c: int) -> tuple[int, int, int, int]:
+    """Buckets of candidate c from the request's own keys, in AD_CAT_FIELDS order (for ads no store knows)."""
+    return (
+        feature_spec.hash_field("ad_id", ads.ad_ids[c]),
+        feature_spec.hash_field("campaign_id", ads.campaign_ids[c]),
+        feature_spec.hash_field("advertiser", ads.advertisers[c]),
+        feature_spec.hash_field("ad_category", feature_spec.iab_tier1(ads.categories[c])),
+    )
+
+
+def ad_defaults(ads: AdKeys) -> AdFeatures:
+    """Every candidate as an unknown ad: request-hashed buckets and population-mean priors."""
+    n = len(ads.ad_ids)
+    cat = np.array([ad_buckets_from_request(ads, c) for c in range(n)], dtype=np.int64).reshape(n, 4)
+    dense = np.tile(np.array([feature_spec.DEFAULT_AD_CTR, feature_spec.DEFAULT_AD_CVR], np.float32), (n, 1))
+    return AdFeatures(cat=cat, dense=dense, known=np.zeros(n, dtype=np.bool_))

@@ -31,6 +31,7 @@ from gateway.core.ports import (
     AdFeatures,
     AdKeys,
     UserFeatures,
+    ad_buckets_from_request,
     user_defaults,
 )
 from gateway.errors import StoreError
@@ -44,11 +45,6 @@ I64 = npt.NDArray[np.int64]
 F32 = npt.NDArray[np.float32]
 _Record = TypeVar("_Record", bound=msgspec.Struct)
 _Scalar = TypeVar("_Scalar", bound=np.generic)
-
-_AD_ID: Final = fs.CAT_INDEX["ad_id"]
-_CAMPAIGN_ID: Final = fs.CAT_INDEX["campaign_id"]
-_ADVERTISER: Final = fs.CAT_INDEX["advertiser"]
-_AD_CATEGORY: Final = fs.CAT_INDEX["ad_category"]
 
 
 class _UserRecord(msgspec.Struct, frozen=True, gc=False):
@@ -230,15 +226,5 @@ class EmbeddedFeatureStore:
         self.stats.ad_misses += n - n_known
         if n_known < n:
             unknown = np.flatnonzero(rows < 0).tolist()
-            cat[unknown] = [self._hash_request_ad(ads, c) for c in unknown]
+            cat[unknown] = [ad_buckets_from_request(ads, c) for c in unknown]
         return AdFeatures(cat=cat, dense=dense, known=known)
-
-    @staticmethod
-    def _hash_request_ad(ads: AdKeys, c: int) -> tuple[int, int, int, int]:
-        """Buckets of candidate c from the request's own keys, in AD_CAT_FIELDS order."""
-        return (
-            fs.hash_value(_AD_ID, ads.ad_ids[c]),
-            fs.hash_value(_CAMPAIGN_ID, ads.campaign_ids[c]),
-            fs.hash_value(_ADVERTISER, ads.advertisers[c]),
-            fs.hash_value(_AD_CATEGORY, fs.iab_tier1(ads.categories[c])),
-        )

@@ -175,15 +175,34 @@ def test_health_readiness_and_openapi(gateway: httpx.Client) -> None:
     assert {"200", "400", "413", "422", "503"} <= set(operation["responses"])
 
 
-def test_triton_unreachable_is_a_503_with_a_clear_error() -> None:
+def test_triton_unreachable_bids_on_priors_flagged_degraded() -> None:
     dead = Settings(triton_url=f"127.0.0.1:{free_port()}")
     with serve_in_thread(dead) as url, httpx.Client(base_url=url) as client:
+        ads = ads_with_distinct_advertisers(2)
+        body = decoded(post(client, site_request([candidate(ad, bid_type="cpc", bid=1.0) for ad in ads])))
+        assert body.ext is not None
+        assert body.ext.degraded is True
+        assert body.seatbid is not None
+        [bid] = body.seatbid[0].bid
+        assert bid.ext is not None
+        assert bid.ext.model_version == "priors"
+        winner = next(ad for ad in ads if ad["id"] == bid.adid)
+        assert bid.ext.pctr == pytest.approx(winner["prior_ctr"], rel=1e-6)
+        assert bid.ext.pcvr == pytest.approx(winner["prior_cvr"], rel=1e-6)
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["error"]["message"] == "not ready: model"
+
+
+def test_triton_unreachable_can_answer_no_bid_instead() -> None:
+    dead = Settings(triton_url=f"127.0.0.1:{free_port()}", on_scoring_failure="nobid")
+    with serve_in_thread(dead) as url, httpx.Client(base_url=url) as client:
         [ad] = ads_with_distinct_advertisers(1)
-        response = post(client, site_request([candidate(ad)]))
-        assert response.status_code == 503
-        assert response.headers["retry-after"] == "1"
-        assert response.json()["error"]["code"] in {"scoring_unavailable", "scoring_timeout"}
-        assert client.get("/readyz").status_code == 503
+        body = decoded(post(client, site_request([candidate(ad)])))
+        assert body.nbr == 1
+        assert body.seatbid == []
+        assert body.ext is not None
+        assert body.ext.degraded is True
 
 
 def expected_rows(request: dict[str, Any], ads: list[dict[str, Any]], hour: int) -> tuple[Any, Any]:

@@ -8,6 +8,7 @@ import torch
 
 from gateway.core import feature_spec as fs
 from training import export, synthetic
+from training import model as model_module
 from training import world as w
 from training.model import Ranker, RankerConfig, rate_mask, transform_dense
 
@@ -51,3 +52,17 @@ def test_export_matches_torch_and_pins_the_format(sample: synthetic.Logs, tmp_pa
     # A batch size the export never saw: the batch axis is dynamic.
     pctr, pcvr = export.run_onnx(path.read_bytes(), sample.cat_ids[:37], sample.dense[:37])
     assert pctr.shape == pcvr.shape == (37, 1)
+
+
+def test_category_crosses_fire_on_the_same_category_only() -> None:
+    table = model_module.category_match_table("user_interest2", "ad_category")
+    n_ad = fs.CATEGORICAL_FIELDS[fs.CAT_INDEX["ad_category"]].buckets
+    for category in model_module.IAB_TIER1:
+        index = fs.hash_field("user_interest2", category) * n_ad + fs.hash_field("ad_category", category)
+        assert table[index].item() == 1.0
+    assert int(table.sum().item()) <= len(model_module.IAB_TIER1)
+    # The unknown interest never matches a known ad category (unless a collision says so, which it does not).
+    missing = fs.hash_field("user_interest2", fs.MISSING) * n_ad + fs.hash_field("ad_category", "IAB1")
+    assert table[missing].item() == 0.0
+    # The model's vocabulary is the generator's.
+    assert model_module.IAB_TIER1 == w.IAB_CATEGORIES
