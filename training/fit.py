@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -59,10 +58,8 @@ def _losses(
     return ctr_loss, cvr_loss
 
 
-def fit(
-    model: Ranker, logs: Logs, config: TrainConfig, on_epoch: Callable[[int], None] | None = None
-) -> FitReport:
-    """Trains `model` in place; `on_epoch(epoch)` runs after each epoch (in eval mode), e.g. to validate."""
+def fit(model: Ranker, logs: Logs, config: TrainConfig) -> FitReport:
+    """Trains `model` in place on `logs`, leaving it in eval mode."""
     torch.manual_seed(config.seed)
     shuffle = torch.Generator().manual_seed(config.seed)
     model.fit_dense_scaling(logs.dense)
@@ -111,10 +108,6 @@ def fit(
             report.epoch_cvr_loss[-1],
             time.perf_counter() - start,
         )
-        if on_epoch is not None:
-            model.eval()
-            on_epoch(epoch + 1)
-            model.train()
     model.eval()
     report.seconds = time.perf_counter() - start
     return report
