@@ -9,6 +9,9 @@ Each call carries the remaining budget twice: as the gRPC deadline (`client_time
 caller stops waiting, and as Triton's per-request `timeout` (microseconds) so a request that cannot run
 in time is dropped from Triton's queue instead of burning a model execution nobody waits for. The model's
 queue policy allows that override only to shorten its default, which is what a bid budget does.
+The queue timeout is the budget minus `queue_margin_s` (about one model execution): a request still
+queued then cannot finish in time anyway, and Triton rejects it (counted as REJECTED in its metrics)
+instead of the gRPC deadline cancelling it a moment later.
 """
 
 from __future__ import annotations
@@ -68,8 +71,12 @@ class TritonScorer:
         model_version: str = "1",
         ready_timeout_s: float = 1.0,
         reconnect_backoff_ms: int = 1000,
+        queue_margin_s: float = 0.002,
     ) -> None:
+        if queue_margin_s < 0:
+            raise ValueError(f"queue_margin_s must be >= 0, got {queue_margin_s}")
         self.url = url
+        self._queue_margin_s = queue_margin_s
         self.model_name = model_name
         self.model_version = model_version
         self._ready_timeout_s = ready_timeout_s
@@ -116,8 +123,8 @@ class TritonScorer:
                 self.model_name,
                 [cat_input, dense_input],
                 model_version=self.model_version,
-                # 0 would mean "no timeout" to Triton; a sub-microsecond budget still has to shorten it.
-                timeout=max(1, int(remaining * 1_000_000)),
+                # 0 would mean "no timeout" to Triton; a tiny budget still has to shorten it.
+                timeout=max(1, int((remaining - self._queue_margin_s) * 1_000_000)),
                 client_timeout=remaining,
             )
         except InferenceServerException as exc:
