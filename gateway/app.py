@@ -3,25 +3,41 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from prometheus_client import CollectorRegistry
 
-from gateway.api import errors, routes
+from gateway.api import errors, events, routes
 from gateway.api.decode import RequestLimits
 from gateway.config import Settings
 from gateway.core.currency import CurrencyTable
+from gateway.core.pacing import PacingParams
 from gateway.core.pipeline import BidPipeline, PipelineConfig
 from gateway.lifecycle import drain_on_sigterm
+from gateway.observability.logging import BidLog, RequestIdMiddleware
+from gateway.observability.metrics import (
+    BidTally,
+    GatewayMetrics,
+    MetricsExporter,
+    StatsSources,
+    add_metrics_route,
+    exposition_registry,
+    instrument_http,
+    worker_exited,
+)
+from gateway.observability.triton_errors import ErrorCountingScorer
 from gateway.scoring.batcher import MicroBatcher
 from gateway.scoring.breaker import CircuitBreakerScorer
 from gateway.scoring.fallback import PriorScorer
 from gateway.scoring.triton import TritonScorer
 from gateway.services import Services
 from gateway.stores.embedded import EmbeddedFeatureStore
+from gateway.stores.redis_store import RedisFeatureStore
 
 
 def pipeline_config(settings: Settings) -> PipelineConfig:
@@ -34,15 +50,40 @@ def pipeline_config(settings: Settings) -> PipelineConfig:
     )
 
 
+async def _open_store(
+    settings: Settings,
+) -> tuple[EmbeddedFeatureStore | RedisFeatureStore, RedisFeatureStore | None]:
+    """The feature store by `store_backend`, and the campaign-state store (Redis only)."""
+    if settings.store_backend == "redis":
+        # No I/O here: a gateway starts, and bids on defaults, while Redis is still down.
+        redis = RedisFeatureStore.connect(
+            settings.redis_url,
+            timeout_s=settings.redis_timeout_ms / 1000.0,
+            connect_timeout_s=settings.redis_connect_timeout_ms / 1000.0,
+            max_connections=settings.redis_max_connections,
+            cache_size=settings.store_cache_size,
+            cache_ttl_s=settings.store_cache_ttl_s,
+            bid_ttl_s=settings.bid_ttl_s,
+            win_dedupe_ttl_s=settings.win_dedupe_ttl_s,
+            win_timeout_s=settings.redis_win_timeout_ms / 1000.0,
+        )
+        return redis, redis
+    # Snapshot parsing is CPU work at start-up, off the loop so health probes still answer.
+    return await asyncio.to_thread(EmbeddedFeatureStore.load, settings.snapshot_dir), None
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Snapshot parsing is CPU work at start-up, off the loop so health probes still answer.
-        store = await asyncio.to_thread(EmbeddedFeatureStore.load, settings.snapshot_dir)
+        store, campaign_store = await _open_store(settings)
         triton = TritonScorer(
-            settings.triton_url, model_name=settings.model_name, model_version=settings.model_version
+            settings.triton_url,
+            model_name=settings.model_name,
+            model_version=settings.model_version,
+            queue_margin_s=settings.batch_upstream_latency_us / 1e6,
         )
         await triton.start()
         breaker = CircuitBreakerScorer(
@@ -50,8 +91,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             failure_threshold=settings.breaker_failure_threshold,
             reset_timeout_s=settings.breaker_reset_s,
         )
+        counted = ErrorCountingScorer(breaker)
         batcher = MicroBatcher(
-            breaker,
+            counted,
             max_rows=settings.batch_max_rows,
             max_wait_s=settings.batch_max_wait_us / 1e6,
             max_concurrent=settings.batch_concurrency,
@@ -59,6 +101,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         currencies = CurrencyTable(settings.currency_rates)
         fallback = PriorScorer() if settings.on_scoring_failure == "priors" else None
+        pipeline = BidPipeline(
+            store,
+            batcher,
+            currencies,
+            pipeline_config(settings),
+            fallback=fallback,
+            campaigns=campaign_store,
+            pacing_params=PacingParams(
+                horizon_s=settings.pacing_horizon_s, hourly_weights=settings.pacing_hourly_weights
+            ),
+        )
         services = Services(
             limits=RequestLimits(
                 known_currencies=currencies.codes,
@@ -68,16 +121,42 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             ),
             store=store,
             scorer=batcher,
-            pipeline=BidPipeline(store, batcher, currencies, pipeline_config(settings), fallback=fallback),
+            pipeline=pipeline,
             max_inflight_bids=settings.max_inflight_bids,
+            tally=BidTally(),
+            bid_log=BidLog(settings.log_bid_sample_rate),
+            ledger=campaign_store.ledger if campaign_store is not None else None,
+        )
+        exporter = MetricsExporter(
+            gateway_metrics,
+            services.tally,
+            StatsSources(
+                store=store.stats,
+                batcher=batcher.stats,
+                pipeline=pipeline.counters,
+                triton_errors=counted.counts,
+            ),
+            inflight=lambda: services.inflight_bids,
+            shed=lambda: services.shed_bids,
+            breaker_state=lambda: breaker.state,
+            breaker_opens=lambda: breaker.opened_count,
         )
         app.state.services = services
+        app.state.metrics_exporter = exporter
+        export_task = asyncio.create_task(exporter.run(settings.metrics_sync_interval_s))
         drain_on_sigterm(services.mark_draining, settings.drain_delay_s)
         try:
             yield
         finally:
+            export_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await export_task
             await batcher.aclose()
             await triton.aclose()
+            if campaign_store is not None:
+                await campaign_store.aclose()
+            exporter.export()
+            worker_exited(settings.prometheus_multiproc_dir)
 
     app = FastAPI(
         title="bid-gateway",
@@ -85,7 +164,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="OpenRTB 2.6 ad ranking in front of NVIDIA Triton",
         lifespan=lifespan,
     )
+    # Middleware order: the request id is set outermost, so the HTTP metrics and every log line see it.
+    registry = CollectorRegistry(auto_describe=True)
+    gateway_metrics = GatewayMetrics(registry)
+    instrument_http(app, registry)
+    app.add_middleware(RequestIdMiddleware)
     app.include_router(routes.router)
+    app.include_router(events.router)
+    add_metrics_route(app, exposition_registry(registry, settings.prometheus_multiproc_dir))
     errors.install(app)
     _attach_msgspec_schemas(app)
     return app

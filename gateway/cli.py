@@ -3,20 +3,24 @@
 serve   the gateway (uvicorn, uvloop + httptools) against the Triton at BIDGW_TRITON_URL
 triton  a local CPU Triton on triton_models/ until Ctrl-C
 run     both: a local Triton, then the gateway pointed at it; Ctrl-C stops both (`make run`)
+seed-redis  load the snapshots (and campaign budgets/caps) into Redis for store_backend=redis
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
 import sys
+import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import LocalTritonError
 from gateway.local_triton import (
@@ -25,6 +29,9 @@ from gateway.local_triton import (
     TritonPorts,
     first_error_line,
 )
+
+if TYPE_CHECKING:
+    from gateway.config import Settings
 
 log = logging.getLogger("gateway.cli")
 
@@ -55,6 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="a local Triton and the gateway on it, until Ctrl-C")
     _add_serve_args(run)
     _add_triton_args(run, prefix="triton-")
+    from gateway.stores import seed  # noqa: PLC0415 - redis is imported only by the commands that use it
+
+    seed.add_arguments(
+        commands.add_parser("seed-redis", help="load the snapshots (and campaigns) into Redis")
+    )
     return parser
 
 
@@ -103,15 +115,41 @@ def run_triton(args: argparse.Namespace) -> int:
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn  # noqa: PLC0415 - only this command needs the server
-
     from gateway.config import Settings  # noqa: PLC0415
+    from gateway.observability.logging import logging_config  # noqa: PLC0415
 
     # Flags reach every uvicorn worker process through the environment the workers' Settings() read.
     for name in ("host", "port", "workers"):
         if getattr(args, name) is not None:
             os.environ[f"BIDGW_{name.upper()}"] = str(getattr(args, name))
     settings = Settings()
+    with _metrics_dir(settings) as multiproc_dir:
+        if multiproc_dir is not None:
+            # Workers are spawned after this, so prometheus_client picks multiprocess mode at their import.
+            os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(multiproc_dir)
+            settings = Settings()
+        return _run_uvicorn(settings, logging_config(settings.log_level, settings.log_format))
+
+
+@contextlib.contextmanager
+def _metrics_dir(settings: Settings) -> Iterator[Path | None]:
+    """Several workers share metrics through files: the configured dir (cleared of a previous run's
+    files) or a temporary one, removed afterwards. One worker keeps them in memory."""
+    from gateway.observability.metrics import prepare_multiprocess_dir  # noqa: PLC0415
+
+    if settings.prometheus_multiproc_dir is not None:
+        prepare_multiprocess_dir(settings.prometheus_multiproc_dir)
+        yield settings.prometheus_multiproc_dir
+    elif settings.workers > 1:
+        with tempfile.TemporaryDirectory(prefix="bidgw-metrics-") as directory:
+            yield Path(directory)
+    else:
+        yield None
+
+
+def _run_uvicorn(settings: Settings, log_config: dict[str, Any]) -> int:
+    import uvicorn  # noqa: PLC0415 - only this command needs the server
+
     log.info(
         "gateway on http://%s:%d (Triton %s, %d worker(s))",
         settings.host,
@@ -129,7 +167,9 @@ def serve(args: argparse.Namespace) -> int:
         http="httptools",
         log_level=settings.log_level,
         access_log=False,  # one structured line per bid comes from the app, not uvicorn's access log
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s),
+        log_config=log_config,
+        # Typed int by uvicorn but handed to asyncio.wait_for, which takes fractions of a second too.
+        timeout_graceful_shutdown=settings.shutdown_grace_s,  # type: ignore[arg-type]
     )
     return 0
 
@@ -146,10 +186,16 @@ def run_stack(args: argparse.Namespace) -> int:
         return serve(args)
 
 
+def seed_redis(args: argparse.Namespace) -> int:
+    from gateway.stores import seed  # noqa: PLC0415
+
+    return seed.command(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    commands = {"serve": serve, "triton": run_triton, "run": run_stack}
+    commands = {"serve": serve, "triton": run_triton, "run": run_stack, "seed-redis": seed_redis}
     try:
         return commands[args.command](args)
     except LocalTritonError as exc:

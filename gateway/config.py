@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import Field, model_validator
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.core.currency import DEFAULT_RATES_PER_USD
@@ -24,6 +24,20 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=1, le=65535)
     workers: int = Field(1, ge=1, description="uvicorn worker processes; one per core is the rule")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "text"] = Field("json", description="json: one object per line")
+    log_bid_sample_rate: float = Field(
+        0.01, ge=0.0, le=1.0, description="share of bids logged at info (debug logs every bid)"
+    )
+
+    # Metrics
+    metrics_sync_interval_s: float = Field(
+        1.0, gt=0, le=60, description="how often each worker exports its counters to /metrics"
+    )
+    # prometheus_client's own variable (no BIDGW_ prefix): with several workers every worker writes its
+    # metrics there and /metrics merges them. `serve` sets it (a temp dir) when workers > 1.
+    prometheus_multiproc_dir: Path | None = Field(
+        None, validation_alias=AliasChoices("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir")
+    )
 
     # Triton
     triton_url: str = Field("127.0.0.1:8001", description="Triton gRPC address host:port")
@@ -62,8 +76,31 @@ class Settings(BaseSettings):
     seat: str = "bid-gateway"
 
     # Stores
-    store_backend: Literal["embedded"] = "embedded"
+    store_backend: Literal["embedded", "redis"] = Field(
+        "embedded", description="embedded: the snapshots in memory; redis: shared features + campaign state"
+    )
     snapshot_dir: Path = REPO_ROOT / "data" / "snapshots"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_timeout_ms: float = Field(
+        10.0, gt=0, description="cap on a bid's Redis round trip (also capped by the bid's remaining budget)"
+    )
+    redis_connect_timeout_ms: float = Field(
+        500.0, gt=0, description="TCP connect cap; a bid still never waits past its own deadline"
+    )
+    redis_max_connections: int = Field(64, ge=1, description="per worker; bids wait (within budget) beyond")
+    redis_win_timeout_ms: float = Field(1000.0, gt=0, description="cap on a win notice's Redis calls")
+    store_cache_size: int = Field(100_000, ge=1, description="ad rows + campaign configs cached per worker")
+    store_cache_ttl_s: float = Field(30.0, gt=0, description="how stale a cached ad row or config may be")
+
+    # Campaigns (redis backend): bid records, holds and pacing
+    bid_ttl_s: int = Field(300, ge=1, description="a returned bid may be won (and holds budget) this long")
+    win_dedupe_ttl_s: int = Field(172_800, ge=1, description="a won bid id answers 'duplicate' this long")
+    pacing_horizon_s: float = Field(
+        900.0, ge=0, le=86_400, description="how far ahead of plan spend may run; 0 turns pacing off"
+    )
+    pacing_hourly_weights: tuple[float, ...] = Field(
+        (1.0,) * 24, description="24 UTC-hour traffic weights shaping the planned spend curve"
+    )
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -73,4 +110,8 @@ class Settings(BaseSettings):
             raise ValueError("currency_rates: every rate must be > 0")
         if self.network_margin_ms >= self.server_cap_ms:
             raise ValueError("network_margin_ms must be below server_cap_ms")
+        if len(self.pacing_hourly_weights) != 24 or sum(self.pacing_hourly_weights) <= 0:
+            raise ValueError("pacing_hourly_weights: 24 non-negative weights, not all zero")
+        if self.win_dedupe_ttl_s < self.bid_ttl_s:
+            raise ValueError("win_dedupe_ttl_s must be >= bid_ttl_s")
         return self

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from gateway.api.decode import RequestLimits
 from gateway.core.pipeline import BidPipeline
 from gateway.core.ports import FeatureStore, Scorer
+from gateway.observability.logging import BidLog
+from gateway.observability.metrics import BidTally
+from gateway.stores.campaigns import CampaignLedger
 
 
 @dataclass(slots=True)
@@ -16,6 +19,9 @@ class Services:
     scorer: Scorer  # what the pipeline calls: the micro-batcher over the breaker over Triton
     pipeline: BidPipeline
     max_inflight_bids: int
+    tally: BidTally = field(default_factory=BidTally)  # per-bid metrics, exported by the MetricsExporter
+    bid_log: BidLog = field(default_factory=lambda: BidLog(0.0))
+    ledger: CampaignLedger | None = None  # campaign state for win notices (redis backend only)
     inflight_bids: int = 0  # one event loop per worker: a plain int is race-free
     shed_bids: int = 0
     draining: bool = False

@@ -82,7 +82,12 @@ async def bid(request: Request) -> Response:
         decision = await services.pipeline.decide(bid_request, received_at, timings)
     finally:
         services.inflight_bids -= 1
-    return Response(encode_response(decision.response), media_type="application/json")
+    encode_at = time.monotonic()
+    encoded = encode_response(decision.response)
+    done_at = time.monotonic()
+    services.tally.record(decision, done_at - encode_at)
+    services.bid_log.decided(decision, done_at - received_at)
+    return Response(encoded, media_type="application/json")
 
 
 @router.get("/healthz", summary="Liveness: the process serves HTTP")

@@ -8,6 +8,9 @@ Rules, in the precedence used for a candidate's drop reason (the first that appl
   no_eligible_imp     no imp accepts it: its `imp_ids` name none of the request's imps, or every imp that
                       would take it is a private auction (`pmp.private_auction` = 1) whose deals it does not
                       name.
+  budget_exhausted,   the caller's `excluded` code for the candidate (campaign rules from shared state:
+  frequency_capped,   budget spent, the user's daily cap reached, throttled by pacing; see
+  paced               gateway.core.pacing); the caller decides those, eligibility only applies them.
   below_floor         it may serve some imp but its eCPM is under that imp's floor at every one of them.
 A candidate whose `deal_id` is one of an imp's `pmp.deals` is held to that deal's floor there; elsewhere
 (or when the deal is not in that imp's pmp) it competes on the imp's open `bidfloor`, unless private.
@@ -37,7 +40,8 @@ FLOOR_TOLERANCE_USD: Final = 1e-9
 
 
 class LossReason(StrEnum):
-    """Why a candidate did not win; the first four come from eligibility, the last two from the auction."""
+    """Why a candidate did not win: eligibility, the auction (lost_auction, advertiser_already_won), and
+    campaign state (the last three; appended so existing codes keep their values)."""
 
     BLOCKED_ADVERTISER = "blocked_advertiser"
     BLOCKED_CATEGORY = "blocked_category"
@@ -45,6 +49,9 @@ class LossReason(StrEnum):
     BELOW_FLOOR = "below_floor"
     LOST_AUCTION = "lost_auction"
     ADVERTISER_ALREADY_WON = "advertiser_already_won"
+    BUDGET_EXHAUSTED = "budget_exhausted"
+    FREQUENCY_CAPPED = "frequency_capped"
+    PACED = "paced"
 
 
 # Reasons travel as int8 codes (the index in this tuple) so masks stay arrays; NOT_LOST marks a candidate
@@ -144,10 +151,18 @@ def build(
     bcat: Sequence[str],
     ecpm: npt.NDArray[np.float64],
     currency_table: CurrencyTable,
+    excluded: npt.NDArray[np.int8] | None = None,
 ) -> Eligibility:
-    """The eligibility masks for one request; `UnknownCurrencyError` for a floor in an unknown currency."""
+    """The eligibility masks for one request; `UnknownCurrencyError` for a floor in an unknown currency.
+
+    `excluded`: per candidate a `LOSS_REASONS` code that takes it out of the auction (NOT_LOST: none)."""
     if len(ecpm) != len(candidates):
         raise ValueError(f"ecpm has {len(ecpm)} entries for {len(candidates)} candidates")
+    if excluded is None:
+        excluded = np.full(len(candidates), NOT_LOST, dtype=np.int8)
+    elif len(excluded) != len(candidates):
+        raise ValueError(f"excluded has {len(excluded)} entries for {len(candidates)} candidates")
+    is_excluded = excluded != NOT_LOST
     advertiser_group, advertiser_index = factorise(domain.lower() for domain in candidates.advertisers)
     advertiser_blocked = np.isin(
         advertiser_group, [advertiser_index[d] for d in {b.lower() for b in badv} if d in advertiser_index]
@@ -162,7 +177,7 @@ def build(
     with np.errstate(invalid="ignore"):  # NaN eCPMs compare False, i.e. below floor, which is the intent
         bid_valid = np.isfinite(ecpm) & (ecpm > 0.0)
         above_floor = bid_valid[None, :] & (ecpm[None, :] >= floor_usd - FLOOR_TOLERANCE_USD)
-    not_blocked = ~(advertiser_blocked | category_blocked)
+    not_blocked = ~(advertiser_blocked | category_blocked | is_excluded)
     eligible = imp_allowed & above_floor & not_blocked[None, :]
 
     # np.select takes the first true condition, which is exactly the documented precedence.
@@ -170,12 +185,14 @@ def build(
         [
             advertiser_blocked,
             category_blocked,
+            is_excluded,
             ~imp_allowed.any(axis=0),
             ~eligible.any(axis=0),
         ],
         [
             reason_code(LossReason.BLOCKED_ADVERTISER),
             reason_code(LossReason.BLOCKED_CATEGORY),
+            excluded,
             reason_code(LossReason.NO_ELIGIBLE_IMP),
             reason_code(LossReason.BELOW_FLOOR),
         ],

@@ -14,21 +14,25 @@ import enum
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 import numpy.typing as npt
 
-from gateway.core import auction, eligibility, features
+from gateway.core import auction, eligibility, features, pacing
 from gateway.core.currency import CurrencyTable
 from gateway.core.ports import (
     AdFeatures,
     AdKeys,
+    BidStateStore,
+    CampaignStates,
     FeatureStore,
     ImmediateScorer,
+    Reservation,
+    ReserveOutcome,
     Scorer,
     Scores,
     UserFeatures,
@@ -72,13 +76,18 @@ class PipelineConfig:
 
 @dataclass(slots=True)
 class Decision:
-    """The response plus what observability needs (outcome, stage timings, degraded flag)."""
+    """The response plus what observability needs (outcome, stage timings, degraded flag, and when the
+    auction ran its wins and per-candidate loss codes: references to what it computed anyway)."""
 
     response: BidResponse
     outcome: str  # "bid", or "nobid_<nbr>"
     timings_ms: dict[str, float] = field(default_factory=dict)
     candidates: int = 0
     degraded: bool = False
+    wins: list[auction.Win] = field(default_factory=list)  # prices and eCPMs in USD CPM
+    loss_codes: npt.NDArray[np.int8] | None = (
+        None  # AuctionResult.outcome_code: LOSS_REASONS index or NOT_LOST
+    )
 
 
 @dataclass(slots=True)
@@ -87,6 +96,7 @@ class PipelineCounters:
 
     scoring_failures: int = 0
     store_failures: int = 0
+    reservation_failures: int = 0  # winners answered without a budget hold (campaign store failed)
 
 
 def _now_hour() -> int:
@@ -104,10 +114,22 @@ class BidPipeline:
         fallback: ImmediateScorer | None = None,
         clock: Callable[[], float] = time.monotonic,
         hour: Callable[[], int] = _now_hour,
+        campaigns: BidStateStore | None = None,
+        pacing_params: pacing.PacingParams | None = None,
+        rng: np.random.Generator | None = None,
+        hold_reserve_s: float = 0.003,
     ) -> None:
         """When the scorer fails, `fallback` scores from priors; without one the answer is no-bid nbr 1.
-        Either way the response says `ext.degraded: true`."""
+        Either way the response says `ext.degraded: true`.
+
+        With `campaigns` (a store that keeps campaign state, e.g. Redis) features and campaign state come
+        in one lookup, campaigns over budget / capped / paced are ineligible, and every returned bid holds
+        its price against its campaign's budget first (a winner whose hold is refused is dropped)."""
         self._store = store
+        self._campaigns = campaigns
+        self._pacing = pacing_params or pacing.PacingParams()
+        self._rng = rng or np.random.default_rng()
+        self._hold_reserve_s = hold_reserve_s if campaigns is not None else 0.0
         self._scorer = scorer
         self._fallback = fallback
         self.counters = PipelineCounters()
@@ -143,7 +165,8 @@ class BidPipeline:
             advertisers=candidates.advertisers,
             categories=[cats[0] if cats else "" for cats in candidates.categories],
         )
-        user, ads = await self._features(features.user_key(request), keys)
+        user_key = features.user_key(request)
+        user, ads, campaign_states = await self._features(user_key, keys, deadline)
         cat_ids, dense = features.assemble(context, user, ads, imp_of_candidate)
         scored_at = self._clock()
         timings["features"] = (scored_at - started) * 1000.0
@@ -151,7 +174,10 @@ class BidPipeline:
         degraded = False
         try:
             # The scorer gets the deadline minus what the fallback, auction and encoding need after it.
-            scores = await self._scorer.score(cat_ids, dense, deadline - self._config.auction_reserve_s)
+            # With campaign state it also keeps back the budget holds' round trip.
+            scores = await self._scorer.score(
+                cat_ids, dense, deadline - self._config.auction_reserve_s - self._hold_reserve_s
+            )
         except ScoringError as exc:
             log.debug("scoring failed (%s): %s", "priors" if self._fallback else "no-bid", exc)
             self.counters.scoring_failures += 1
@@ -173,8 +199,22 @@ class BidPipeline:
             bcat=request.bcat or [],
             ecpm=ecpm,
             currency_table=self._currencies,
+            excluded=self._campaign_exclusions(campaign_states, candidates.campaign_ids),
         )
         result = auction.run(ecpm, allowed, candidates, imps, auction.AuctionType(request.at))
+        bid_ids = [uuid.uuid4().hex for _ in result.wins]
+        # No state read (the store failed): holds would fail too, so answer unheld at once (counted).
+        if result.wins and self._campaigns is not None and campaign_states is None:
+            self.counters.reservation_failures += 1
+        elif result.wins and self._campaigns is not None:
+            result, bid_ids = await self._reserve(
+                request,
+                raw_candidates=raw_candidates,
+                result=result,
+                bid_ids=bid_ids,
+                user_key=user_key,
+                deadline=deadline,
+            )
         timings["auction"] = (self._clock() - auction_at) * 1000.0
 
         debug = _debug_info(raw_candidates, result, ecpm, timings) if _wants_debug(request) else None
@@ -184,9 +224,24 @@ class BidPipeline:
                 if (allowed.drop_code == eligibility.reason_code(eligibility.LossReason.BELOW_FLOOR)).any()
                 else GatewayNoBidReason.NO_ELIGIBLE_CANDIDATE
             )
-            return self._no_bid(request, reason, timings, len(candidates), debug=debug, degraded=degraded)
+            return self._no_bid(
+                request,
+                reason,
+                timings,
+                len(candidates),
+                debug=debug,
+                degraded=degraded,
+                loss_codes=result.outcome_code,
+            )
         response = self._bid_response(
-            request, raw_candidates, result, ecpm, scores=scores, debug=debug, degraded=degraded
+            request,
+            raw_candidates,
+            result,
+            ecpm,
+            scores=scores,
+            debug=debug,
+            degraded=degraded,
+            bid_ids=bid_ids,
         )
         return Decision(
             response=response,
@@ -194,10 +249,27 @@ class BidPipeline:
             timings_ms=timings,
             candidates=len(candidates),
             degraded=degraded,
+            wins=result.wins,
+            loss_codes=result.outcome_code,
         )
 
-    async def _features(self, user_key: str | None, keys: AdKeys) -> tuple[UserFeatures, AdFeatures]:
+    async def _features(
+        self, user_key: str | None, keys: AdKeys, deadline: float
+    ) -> tuple[UserFeatures, AdFeatures, CampaignStates | None]:
         """Store lookups; a failing store degrades to defaults (counted), it never fails the bid."""
+        if self._campaigns is not None:
+            # One round trip for user, ads and campaign state, leaving the scorer its minimum budget.
+            try:
+                found = await self._campaigns.lookup(
+                    user_key, keys, deadline - self._config.min_scoring_budget_s
+                )
+            except StoreError as exc:
+                log.debug("store failed, using defaults: %s", exc)
+                self.counters.store_failures += 1
+                return user_defaults(), ad_defaults(keys), None
+            if found.degraded:
+                self.counters.store_failures += 1
+            return found.user, found.ads, found.campaigns
         try:
             user = await self._store.user_features(user_key)
         except StoreError as exc:
@@ -210,7 +282,62 @@ class BidPipeline:
             log.warning("ad store failed, using defaults: %s", exc)
             self.counters.store_failures += 1
             ads = ad_defaults(keys)
-        return user, ads
+        return user, ads, None
+
+    def _campaign_exclusions(
+        self, states: CampaignStates | None, campaign_ids: Sequence[str]
+    ) -> npt.NDArray[np.int8] | None:
+        if states is None:  # no campaign state (embedded store, or Redis unreachable): nothing limited
+            return None
+        verdicts = pacing.campaign_verdicts(states, campaign_ids, self._pacing, self._rng)
+        return _VERDICT_LOSS_CODES[verdicts]
+
+    async def _reserve(
+        self,
+        request: BidRequest,
+        *,
+        raw_candidates: list[Candidate],
+        result: auction.AuctionResult,
+        bid_ids: list[str],
+        user_key: str | None,
+        deadline: float,
+    ) -> tuple[auction.AuctionResult, list[str]]:
+        """Hold each winner's price against its campaign's budget before answering. A refused hold (the
+        budget or the user's cap ran out since the lookup: another replica won) drops that win; its imp
+        goes unfilled rather than paying a second round trip for the runner-up. When holds cannot be made
+        at all (Redis failed), the bids go out unheld: bidding continues, counted."""
+        assert self._campaigns is not None
+        currency = self._currencies.response_currency(request.cur)
+        rate = self._currencies.rate(currency)
+        reservations = [
+            Reservation(
+                bid_id=bid_id,
+                campaign_id=raw_candidates[win.candidate].campaign_id,
+                user_key=user_key,
+                price=self._currencies.price_from_usd(win.price_usd, currency),
+                currency=currency,
+                rate=rate,
+                cost_micros=pacing.impression_cost_micros(win.price_usd),
+            )
+            for win, bid_id in zip(result.wins, bid_ids, strict=True)
+        ]
+        try:
+            outcomes = await self._campaigns.reserve(reservations, deadline)
+        except StoreError as exc:
+            log.debug("bid holds failed, answering unheld: %s", exc)  # counted; an outage would flood logs
+            self.counters.reservation_failures += 1
+            return result, bid_ids
+        if all(outcome is ReserveOutcome.RESERVED for outcome in outcomes):
+            return result, bid_ids
+        codes = result.outcome_code.copy()
+        kept_wins, kept_ids = [], []
+        for win, bid_id, outcome in zip(result.wins, bid_ids, outcomes, strict=True):
+            if outcome is ReserveOutcome.RESERVED:
+                kept_wins.append(win)
+                kept_ids.append(bid_id)
+            else:
+                codes[win.candidate] = _REFUSED_HOLD_CODES[outcome]
+        return auction.AuctionResult(wins=kept_wins, outcome_code=codes), kept_ids
 
     def _bid_response(
         self,
@@ -222,14 +349,16 @@ class BidPipeline:
         scores: Scores,
         debug: dict[str, Any] | None,
         degraded: bool,
+        bid_ids: list[str] | None = None,
     ) -> BidResponse:
         currency = self._currencies.response_currency(request.cur)
         bids = []
-        for win in result.wins:
+        ids = bid_ids if bid_ids is not None else [uuid.uuid4().hex for _ in result.wins]
+        for win, bid_id in zip(result.wins, ids, strict=True):
             ad = raw_candidates[win.candidate]
             bids.append(
                 Bid(
-                    id=uuid.uuid4().hex,
+                    id=bid_id,
                     impid=request.imp[win.imp].id,
                     price=self._currencies.price_from_usd(win.price_usd, currency),
                     adid=ad.id,
@@ -264,6 +393,7 @@ class BidPipeline:
         *,
         debug: dict[str, Any] | None = None,
         degraded: bool = False,
+        loss_codes: npt.NDArray[np.int8] | None = None,
     ) -> Decision:
         if debug is None and _wants_debug(request):
             debug = {"timings_ms": timings, "dropped": []}
@@ -276,7 +406,24 @@ class BidPipeline:
             timings_ms=timings,
             candidates=candidates,
             degraded=degraded,
+            loss_codes=loss_codes,
         )
+
+
+# CampaignVerdict value -> the LossReason code eligibility applies (PASS: not excluded).
+_VERDICT_LOSS_CODES: Final = np.array(
+    [
+        eligibility.NOT_LOST,
+        eligibility.reason_code(eligibility.LossReason.BUDGET_EXHAUSTED),
+        eligibility.reason_code(eligibility.LossReason.FREQUENCY_CAPPED),
+        eligibility.reason_code(eligibility.LossReason.PACED),
+    ],
+    dtype=np.int8,
+)
+_REFUSED_HOLD_CODES: Final = {
+    ReserveOutcome.BUDGET_EXHAUSTED: eligibility.reason_code(eligibility.LossReason.BUDGET_EXHAUSTED),
+    ReserveOutcome.FREQUENCY_CAPPED: eligibility.reason_code(eligibility.LossReason.FREQUENCY_CAPPED),
+}
 
 
 def _wants_debug(request: BidRequest) -> bool:

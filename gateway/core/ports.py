@@ -7,6 +7,7 @@ is numpy arrays, not per-candidate Python objects, so the hot path stays vectori
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -58,6 +59,61 @@ class FeatureStore(Protocol):
     async def ad_features(self, ads: AdKeys) -> AdFeatures: ...
 
     def ready(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class CampaignStates:
+    """Where each candidate's campaign stands today in shared state (rows in AdKeys order).
+
+    Money is integer micro-USD of spend (one impression at CPM p costs p * 1000 micro-USD). A campaign
+    without a stored configuration is unmanaged: no budget, no cap, never paced."""
+
+    managed: npt.NDArray[np.bool_]  # [C]
+    budget_micros: npt.NDArray[np.int64]  # [C] daily budget; -1 = no budget limit
+    committed_micros: npt.NDArray[np.int64]  # [C] spent today + held by open bid reservations
+    freq_cap: npt.NDArray[np.int64]  # [C] impressions per user per UTC day; 0 = no cap
+    impressions: npt.NDArray[np.int64]  # [C] this user's impressions of the campaign today
+    now: float  # wall-clock instant (epoch seconds) the state was read at; its UTC day is "today"
+
+
+@dataclass(frozen=True, slots=True)
+class BidLookup:
+    """Everything one bid reads from shared state, fetched in one round trip."""
+
+    user: UserFeatures
+    ads: AdFeatures
+    campaigns: CampaignStates | None  # None: the state could not be read, campaigns go unlimited
+    degraded: bool = False  # the backend failed or ran out of time: defaults and cached values were used
+
+
+@dataclass(frozen=True, slots=True)
+class Reservation:
+    """A bid the gateway is about to return: hold its price against its campaign's daily budget."""
+
+    bid_id: str
+    campaign_id: str
+    user_key: str | None
+    price: float  # CPM in `currency`, exactly as the response states it
+    currency: str
+    rate: float  # units of `currency` per USD used for the price
+    cost_micros: int  # what the impression costs in micro-USD at that price
+
+
+class ReserveOutcome(enum.IntEnum):
+    RESERVED = 1
+    BUDGET_EXHAUSTED = 2  # spend + open reservations + this price would pass the daily budget
+    FREQUENCY_CAPPED = 3  # the user has seen the campaign its cap of times today
+
+
+class BidStateStore(Protocol):
+    """A store that also holds campaign state (budgets, spend, caps) shared by every replica.
+
+    `deadline` is a `time.monotonic()` instant: no call waits past it. `lookup` never raises for an
+    unreachable backend (defaults, cached values, `campaigns` None); `reserve` raises StoreError."""
+
+    async def lookup(self, user_key: str | None, ads: AdKeys, deadline: float) -> BidLookup: ...
+
+    async def reserve(self, reservations: Sequence[Reservation], deadline: float) -> list[ReserveOutcome]: ...
 
 
 @dataclass(frozen=True, slots=True)

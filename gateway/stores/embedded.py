@@ -189,6 +189,15 @@ class EmbeddedFeatureStore:
     def ad_count(self) -> int:
         return len(self._ad_index)
 
+    def user_rows(self) -> tuple[list[str], I64, F32]:
+        """Every snapshot user: ids in row order, their buckets and dense values (read-only views); what
+        `seed-redis` writes, so both backends serve identical rows."""
+        return list(self._users.index), self._users.cat, self._users.dense
+
+    def ad_rows(self) -> tuple[list[str], I64, F32]:
+        """Every snapshot ad, as `user_rows` (without the unknown-ad sentinel row)."""
+        return list(self._ad_index), self._ad_cat[:-1], self._ad_dense[:-1]
+
     def ready(self) -> bool:
         # Construction is loading: an instance exists only once both snapshots are in memory.
         return True
