@@ -27,7 +27,7 @@ import msgspec
 from gateway.errors import BadRequest, InvalidRequest, MalformedRequest, RequestTooLarge
 from gateway.openrtb import BidRequest, Candidate, Imp
 
-__all__ = ["RequestLimits", "decode_bid_request"]
+__all__ = ["RequestLimits", "decode_bid_request", "from_validation_error"]
 
 # Immutable and thread-safe; building it once keeps the type compilation off the request path.
 _DECODER: Final = msgspec.json.Decoder(BidRequest)
@@ -72,7 +72,7 @@ def decode_bid_request(body: bytes, limits: RequestLimits) -> BidRequest:
     try:
         request = _DECODER.decode(body)
     except msgspec.ValidationError as exc:  # before DecodeError: it is a subclass
-        raise _from_validation_error(exc) from exc
+        raise from_validation_error(exc) from exc
     except msgspec.DecodeError as exc:
         raise MalformedRequest("malformed_json", f"body is not valid JSON: {exc}") from exc
     except RecursionError as exc:  # msgspec's nesting guard, even inside ignored fields
@@ -160,7 +160,7 @@ def _unknown_currency(currency: str, field: str) -> InvalidRequest:
     return InvalidRequest("unknown_currency", f"{field}: unknown currency {currency!r}", field)
 
 
-def _from_validation_error(exc: msgspec.ValidationError) -> BadRequest:
+def from_validation_error(exc: msgspec.ValidationError) -> BadRequest:
     """Turn msgspec's message into a code, a JSON path like "imp[0].bidfloor" and a clean message."""
     parsed = _AT_PATH.match(str(exc))
     what = parsed.group("what") if parsed else str(exc)

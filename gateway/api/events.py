@@ -25,8 +25,9 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from gateway.api.decode import _from_validation_error
+from gateway.api.decode import from_validation_error
 from gateway.api.errors import error_response
+from gateway.api.openapi import error, json_content
 from gateway.errors import InvalidRequest, MalformedRequest
 from gateway.stores.campaigns import CampaignLedger, WinOutcome
 
@@ -54,32 +55,13 @@ _RESULT_SCHEMA: Final[dict[str, Any]] = {
         "cost_micros": {"type": "integer", "description": "micro-USD this notice charged (0 if duplicate)"},
     },
 }
-_ERROR_REF: Final[dict[str, Any]] = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {
-                "code": {"type": "string"},
-                "message": {"type": "string"},
-                "field": {"type": ["string", "null"]},
-            },
-        }
-    },
-}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 def decode_win_notice(body: bytes) -> WinNotice:
     try:
         notice = _DECODER.decode(body)
     except msgspec.ValidationError as exc:
-        raise _from_validation_error(exc) from exc
+        raise from_validation_error(exc) from exc
     except msgspec.DecodeError as exc:
         raise MalformedRequest("malformed_json", f"body is not valid JSON: {exc}") from exc
     except RecursionError as exc:
@@ -96,12 +78,12 @@ def decode_win_notice(body: bytes) -> WinNotice:
         "requestBody": {"required": True, "content": {"application/json": {"schema": _NOTICE_SCHEMA}}}
     },
     responses={
-        200: _json(_RESULT_SCHEMA, "Recorded, or a duplicate of a notice already recorded"),
-        400: _json(_ERROR_REF, "Malformed JSON, a wrong type or a missing field"),
-        404: _json(_ERROR_REF, "unknown_bid: no such bid, or its record expired"),
-        422: _json(_ERROR_REF, "Clearing price above the bid price, another currency, a negative price"),
-        501: _json(_ERROR_REF, "The embedded store backend records no bids"),
-        503: _json(_ERROR_REF, "Redis unavailable: retry later"),
+        200: json_content(_RESULT_SCHEMA, "Recorded, or a duplicate of a notice already recorded"),
+        400: error("Malformed JSON, a wrong type or a missing field"),
+        404: error("unknown_bid: no such bid, or its record expired"),
+        422: error("Clearing price above the bid price, another currency, a negative price"),
+        501: error("The embedded store backend records no bids"),
+        503: error("Redis unavailable: retry later"),
     },
 )
 async def win(request: Request) -> Response:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from typing import Any
 
 import msgspec
 from fastapi import APIRouter, Request
@@ -11,37 +10,18 @@ from fastapi.responses import Response
 
 from gateway.api.decode import decode_bid_request
 from gateway.api.errors import error_response
+from gateway.api.openapi import error, json_content
 from gateway.errors import Overloaded, RequestTooLarge
 from gateway.openrtb import BidRequest, BidResponse, encode_response
 from gateway.services import Services
 
 router = APIRouter()
 
-# The body is decoded by msgspec from raw bytes (several times cheaper than FastAPI's pydantic path), so
-# the OpenAPI schema is generated from the same msgspec structs and attached by hand.
+# The OpenAPI schemas come from the same msgspec structs that decode and encode the bodies.
 _REF = "#/components/schemas/{name}"
 (_REQUEST_SCHEMA, _RESPONSE_SCHEMA), OPENAPI_COMPONENTS = msgspec.json.schema_components(
     [BidRequest, BidResponse], ref_template=_REF
 )
-_ERROR_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["error"],
-    "properties": {
-        "error": {
-            "type": "object",
-            "required": ["code", "message"],
-            "properties": {
-                "code": {"type": "string"},
-                "message": {"type": "string"},
-                "field": {"type": ["string", "null"], "description": "JSON path of the offending field"},
-            },
-        }
-    },
-}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
 @router.post(
@@ -51,11 +31,11 @@ def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
         "requestBody": {"required": True, "content": {"application/json": {"schema": _REQUEST_SCHEMA}}}
     },
     responses={
-        200: _json(_RESPONSE_SCHEMA, "A BidResponse: bids per imp, or seatbid [] with nbr"),
-        400: _json(_ERROR_SCHEMA, "Malformed JSON, a wrong type or a missing field"),
-        413: _json(_ERROR_SCHEMA, "Body, imps or candidates over the configured limits"),
-        422: _json(_ERROR_SCHEMA, "Well-formed but invalid (duplicate ids, unknown currency, ...)"),
-        503: _json(_ERROR_SCHEMA, "Overloaded (too many bids in flight here): retry another replica"),
+        200: json_content(_RESPONSE_SCHEMA, "A BidResponse: bids per imp, or seatbid [] with nbr"),
+        400: error("Malformed JSON, a wrong type or a missing field"),
+        413: error("Body, imps or candidates over the configured limits"),
+        422: error("Well-formed but invalid (duplicate ids, unknown currency, ...)"),
+        503: error("Overloaded (too many bids in flight here): retry another replica"),
     },
 )
 async def bid(request: Request) -> Response:
