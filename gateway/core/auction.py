@@ -88,16 +88,17 @@ def compute_ecpm(
         raise ValueError(
             f"length mismatch: bid_types {len(bid_types)}, bids {count}, pctr {len(ctr)}, pcvr {len(cvr)}"
         )
-    known = np.isin(bid_types, np.asarray([int(t) for t in BidType], dtype=np.int8))
-    if not known.all():
-        raise ValueError(f"unknown bid type code(s): {sorted(set(bid_types[~known].tolist()))}")
+    # Codes are 0..2; as uint8 a negative code wraps above 2, so one comparison catches both ends.
+    unknown = bid_types.astype(np.uint8) > max(BidType)
+    if unknown.any():
+        raise ValueError(f"unknown bid type code(s): {sorted(set(bid_types[unknown].tolist()))}")
     bids64 = np.asarray(bids, dtype=np.float64)
-    per_click = _CPM_PER_UNIT * bids64 * ctr
-    return np.select(
-        [bid_types == BidType.CPM, bid_types == BidType.CPC],
-        [bids64, per_click],
-        default=per_click * cvr,
+    # Two np.where passes instead of np.select: several times cheaper at tens of candidates (profiled).
+    per_action = np.where(bid_types == BidType.CPA, cvr, 1.0)
+    per_mille: npt.NDArray[np.float64] = np.where(
+        bid_types == BidType.CPM, 1.0, _CPM_PER_UNIT * ctr * per_action
     )
+    return bids64 * per_mille
 
 
 @dataclass(frozen=True, slots=True)

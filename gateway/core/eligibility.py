@@ -164,9 +164,10 @@ def build(
         raise ValueError(f"excluded has {len(excluded)} entries for {len(candidates)} candidates")
     is_excluded = excluded != NOT_LOST
     advertiser_group, advertiser_index = factorise(domain.lower() for domain in candidates.advertisers)
-    advertiser_blocked = np.isin(
-        advertiser_group, [advertiser_index[d] for d in {b.lower() for b in badv} if d in advertiser_index]
-    )
+    blocked_groups = [advertiser_index[d] for d in {b.lower() for b in badv} if d in advertiser_index]
+    advertiser_blocked = np.zeros(len(advertiser_group), dtype=np.bool_)
+    for group in blocked_groups:  # a handful at most; np.isin sorts and costs more at this size
+        advertiser_blocked |= advertiser_group == group
     category_blocked = _category_blocked(candidates.categories, bcat)
     floor_usd, deal_applies = _floors(imps, candidates.deal_ids, currency_table)
 
@@ -180,24 +181,13 @@ def build(
     not_blocked = ~(advertiser_blocked | category_blocked | is_excluded)
     eligible = imp_allowed & above_floor & not_blocked[None, :]
 
-    # np.select takes the first true condition, which is exactly the documented precedence.
-    drop_code = np.select(
-        [
-            advertiser_blocked,
-            category_blocked,
-            is_excluded,
-            ~imp_allowed.any(axis=0),
-            ~eligible.any(axis=0),
-        ],
-        [
-            reason_code(LossReason.BLOCKED_ADVERTISER),
-            reason_code(LossReason.BLOCKED_CATEGORY),
-            excluded,
-            reason_code(LossReason.NO_ELIGIBLE_IMP),
-            reason_code(LossReason.BELOW_FLOOR),
-        ],
-        default=NOT_LOST,
-    ).astype(np.int8)
+    # The documented precedence, applied from the lowest to the highest so the first rule that holds wins
+    # (what np.select does, at a fraction of its cost for tens of candidates).
+    drop_code = np.where(~eligible.any(axis=0), reason_code(LossReason.BELOW_FLOOR), NOT_LOST).astype(np.int8)
+    drop_code[~imp_allowed.any(axis=0)] = reason_code(LossReason.NO_ELIGIBLE_IMP)
+    drop_code[is_excluded] = excluded[is_excluded]
+    drop_code[category_blocked] = reason_code(LossReason.BLOCKED_CATEGORY)
+    drop_code[advertiser_blocked] = reason_code(LossReason.BLOCKED_ADVERTISER)
     return Eligibility(
         eligible=eligible,
         floor_usd=floor_usd,
