@@ -22,7 +22,7 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from gateway.core import auction, eligibility, features, pacing
+from gateway.core import auction, eligibility, features, pacing, request_columns
 from gateway.core.currency import CurrencyTable
 from gateway.core.ports import (
     AdFeatures,
@@ -160,9 +160,9 @@ class BidPipeline:
             return self._no_bid(request, NoBidReason.INSUFFICIENT_AUCTION_TIME, timings, len(raw_candidates))
 
         started = self._clock()
-        candidates = _candidate_columns(raw_candidates)
-        imps = [_impression(imp) for imp in request.imp]
-        imp_of_candidate = _scoring_imp(request, candidates)
+        candidates = request_columns.candidate_columns(raw_candidates)
+        imps = [request_columns.impression(imp) for imp in request.imp]
+        imp_of_candidate = request_columns.scoring_imps(request, candidates)
         context = features.context_from_request(request, self._hour())
         keys = AdKeys(
             ad_ids=candidates.ad_ids,
@@ -433,45 +433,6 @@ _REFUSED_HOLD_CODES: Final = {
 
 def _wants_debug(request: BidRequest) -> bool:
     return bool(request.ext and request.ext.debug)
-
-
-def _candidate_columns(raw: list[Candidate]) -> eligibility.Candidates:
-    return eligibility.Candidates(
-        ad_ids=[c.id for c in raw],
-        campaign_ids=[c.campaign_id for c in raw],
-        advertisers=[c.advertiser for c in raw],
-        categories=[tuple(c.cat) for c in raw],
-        bid_types=auction.encode_bid_types([c.bid_type for c in raw]),
-        bids=np.fromiter((c.bid for c in raw), dtype=np.float64, count=len(raw)),
-        imp_ids=[tuple(c.imp_ids) if c.imp_ids is not None else None for c in raw],
-        deal_ids=[c.deal_id for c in raw],
-        crids=[c.crid or c.id for c in raw],
-    )
-
-
-def _impression(imp: Any) -> eligibility.Impression:
-    pmp = imp.pmp
-    deals = {d.id: eligibility.Deal(d.bidfloor, d.bidfloorcur) for d in (pmp.deals or [])} if pmp else {}
-    return eligibility.Impression(
-        id=imp.id,
-        bidfloor=imp.bidfloor,
-        bidfloorcur=imp.bidfloorcur,
-        private_auction=bool(pmp and pmp.private_auction == 1),
-        deals=deals,
-    )
-
-
-def _scoring_imp(request: BidRequest, candidates: eligibility.Candidates) -> npt.NDArray[np.intp]:
-    """Each candidate's scoring placement: the first imp (request order) that its imp_ids allow."""
-    position = {imp.id: i for i, imp in enumerate(request.imp)}
-    return np.fromiter(
-        (
-            min((position[i] for i in ids if i in position), default=0) if ids else 0
-            for ids in candidates.imp_ids
-        ),
-        dtype=np.intp,
-        count=len(candidates),
-    )
 
 
 def _debug_info(
