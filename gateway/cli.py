@@ -15,7 +15,6 @@ import os
 import signal
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -71,15 +70,24 @@ def _parser() -> argparse.ArgumentParser:
 
 
 class _StopRequested:
-    """Turns SIGINT/SIGTERM into an event the main loop waits on, so cleanup runs in one place."""
+    """Turns SIGINT/SIGTERM into a flag the main loop polls, so cleanup runs in one place.
+
+    A plain attribute, not a threading.Event: the handler runs on the main thread between bytecodes, and
+    Event.set() there can deadlock on the lock the interrupted Event.wait() holds (seen here)."""
 
     def __init__(self) -> None:
-        self.event = threading.Event()
+        self.requested = False
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, self._handle)
 
     def _handle(self, _signum: int, _frame: FrameType | None) -> None:
-        self.event.set()
+        self.requested = True
+
+    def wait(self, timeout_s: float) -> bool:
+        """Sleep `timeout_s` unless a stop was already requested; True once one was."""
+        if not self.requested:
+            time.sleep(timeout_s)
+        return self.requested
 
 
 def _local_triton(args: argparse.Namespace, ports: TritonPorts) -> LocalTriton:
@@ -106,7 +114,7 @@ def run_triton(args: argparse.Namespace) -> int:
     with _local_triton(args, ports) as server:
         _announce(server, started)
         log.info("Ctrl-C stops it")
-        while not stop.event.wait(0.5):
+        while not stop.wait(0.5):
             if not server.is_running():
                 log.error("tritonserver exited unexpectedly: %s", first_error_line(server.read_log()))
                 return 1

@@ -9,6 +9,7 @@ internals. Signals reach only the main thread: a server run in a thread (tests) 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
@@ -22,20 +23,26 @@ Handler = Callable[[int, FrameType | None], Any]
 
 
 def drain_on_sigterm(mark_draining: Callable[[], None], drain_delay_s: float) -> None:
+    """Call from inside the running event loop (the lifespan)."""
     if threading.current_thread() is not threading.main_thread():
         return
     previous = signal.getsignal(signal.SIGTERM)
     if not callable(previous):
         return
+    loop = asyncio.get_running_loop()
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        # Only flag-setting and a self-pipe write here: a signal handler may interrupt the main thread
+        # while it holds any lock, so it must not take one (no threads, no Event.set, no logging).
         mark_draining()
-        log.info("SIGTERM: readiness is false; stopping in %.1fs after in-flight bids finish", drain_delay_s)
         if drain_delay_s <= 0:
             previous(signum, frame)
             return
-        timer = threading.Timer(drain_delay_s, previous, (signum, frame))
-        timer.daemon = True
-        timer.start()
+        loop.call_soon_threadsafe(_stop_later, loop, drain_delay_s, previous, signum)
 
     signal.signal(signal.SIGTERM, on_sigterm)
+
+
+def _stop_later(loop: asyncio.AbstractEventLoop, delay_s: float, stop: Handler, signum: int) -> None:
+    log.info("SIGTERM: readiness is false; stopping in %.1fs, then in-flight bids finish", delay_s)
+    loop.call_later(delay_s, stop, signum, None)
