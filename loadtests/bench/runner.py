@@ -1,0 +1,365 @@
+"""One benchmark run: one Triton, every arm in turn, the same requests, the same open-loop generator.
+
+Per arm: a short warm-up, then a ladder of offered rates (x `growth` per step) until the p99 bound breaks
+(or errors, or the generator's backlog does not drain), then `refine` bisection steps between the last
+passing and the first failing rate; then a run at the fixed offered rate shared by all arms. Every step
+records latency percentiles of the successful bids and the CPU each process spent per successful bid.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+import urllib.request
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+import orjson
+import tritonclient.grpc.aio as tritonclient
+import uvloop
+
+from gateway.core import feature_spec, features
+from gateway.core.ports import AdKeys
+from gateway.local_triton import REPO_ROOT, LocalTriton, free_ports
+from gateway.openrtb import BidRequest
+from gateway.stores.embedded import EmbeddedFeatureStore
+from loadtests.bench.openloop import StepSamples, http_request_bytes, run_call_step, run_http_step
+from loadtests.bench.processes import Server, start_gateway, start_kserve, tree_cpu
+from loadtests.workload import DEFAULT_SNAPSHOTS
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ArmResult", "BenchConfig", "StepResult", "TritonTarget", "run_bench"]
+
+ARMS = ("direct", "gateway", "gateway-w2", "kserve", "kserve-default-logging")
+
+
+@dataclass(frozen=True, slots=True)
+class BenchConfig:
+    arms: tuple[str, ...] = ("direct", "gateway", "gateway-w2", "kserve")
+    p99_bound_ms: float = 25.0
+    max_error_rate: float = 0.01
+    start_rate: float = 100.0
+    growth: float = 1.4
+    max_steps: int = 12
+    refine: int = 2
+    step_s: float = 3.0
+    warmup_s: float = 1.5
+    fixed_rate: float = 100.0  # below every arm's limit here (KServe's is ~130/s)
+    fixed_s: float = 5.0
+    settle_s: float = 0.5  # idle time between steps, so one step's tail does not land in the next
+    recover_s: float = 2.0  # idle time after a failing (overloaded) step
+    kserve_python: Path = REPO_ROOT / ".venv-kserve" / "bin" / "python"
+    log_dir: Path = Path(".")  # where server logs go; the CLI passes a fresh temporary directory
+    model_version: str = "1"
+
+
+@dataclass(slots=True)
+class StepResult:
+    offered_rate: float
+    achieved_rate: float  # successful bids per second of the step
+    bids: int
+    errors: int
+    unfinished: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    max_ms: float
+    cpu_us_per_bid: dict[str, float]  # per process role: server, triton, generator
+    passed: bool
+    error_kinds: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def box_cpu_us_per_bid(self) -> float:
+        return sum(self.cpu_us_per_bid.values())
+
+
+@dataclass(slots=True)
+class ArmResult:
+    name: str
+    description: str
+    steps: list[StepResult] = field(default_factory=list)
+    best: StepResult | None = None  # the highest passing step: max throughput within the p99 bound
+    fixed: StepResult | None = None
+    note: str = ""
+    # The auction outcome (imp, ad, price) of the first requests: arms doing the same work must agree.
+    answers: list[list[tuple[str, str, float]] | int] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class TritonTarget:
+    grpc_url: str
+    pid: int
+
+
+def _step_result(samples: StepSamples, cpu_s: dict[str, float], config: BenchConfig) -> StepResult:
+    bids = len(samples.latencies_s)
+    latencies = np.asarray(samples.latencies_s, dtype=np.float64) * 1000.0
+    p50, p90, p99, top = (
+        (float(x) for x in np.percentile(latencies, [50, 90, 99, 100])) if bids else (np.inf,) * 4
+    )
+    answered = bids + samples.errors
+    error_rate = (samples.errors + samples.unfinished) / max(answered + samples.unfinished, 1)
+    achieved = bids / max(samples.elapsed_s, 1e-9)
+    passed = (
+        bids > 0
+        and p99 <= config.p99_bound_ms
+        and error_rate <= config.max_error_rate
+        and samples.unfinished == 0
+    )
+    return StepResult(
+        offered_rate=round(samples.offered_rate, 1),
+        achieved_rate=round(achieved, 1),
+        bids=bids,
+        errors=samples.errors,
+        unfinished=samples.unfinished,
+        p50_ms=round(p50, 3),
+        p90_ms=round(p90, 3),
+        p99_ms=round(p99, 3),
+        max_ms=round(top, 3),
+        cpu_us_per_bid={role: round(s / max(bids, 1) * 1e6, 1) for role, s in cpu_s.items()},
+        passed=passed,
+        error_kinds=dict(samples.error_kinds),
+    )
+
+
+StepFn = Callable[[float, float, int], Awaitable[StepSamples]]
+
+
+async def _measure(step: StepFn, rate: float, seconds: float, seed: int, pids: dict[str, int]) -> Any:
+    before = tree_cpu(pids)
+    samples = await step(rate, seconds, seed)
+    after = tree_cpu(pids)
+    return samples, {role: after[role] - before[role] for role in pids}
+
+
+async def _ladder(arm: ArmResult, step: StepFn, pids: dict[str, int], config: BenchConfig) -> None:
+    await step(config.start_rate, config.warmup_s, 1)  # warm caches, connections, Triton's instances
+    await asyncio.sleep(config.settle_s)
+    # The fixed rate first: after the ladder's failing step a server may still be digesting its queue.
+    samples, cpu = await _measure(step, config.fixed_rate, config.fixed_s, 7, pids)
+    arm.fixed = _step_result(samples, cpu, config)
+    log.info("%s: fixed %.0f/s -> p50 %.2f p99 %.2f ms", arm.name, config.fixed_rate,
+             arm.fixed.p50_ms, arm.fixed.p99_ms)  # fmt: skip
+    await asyncio.sleep(config.settle_s)
+    seed = 100
+    rate, passing, failing = config.start_rate, 0.0, 0.0
+    for _ in range(config.max_steps):
+        seed += 1
+        samples, cpu = await _measure(step, rate, config.step_s, seed, pids)
+        result = _step_result(samples, cpu, config)
+        arm.steps.append(result)
+        log.info(
+            "%s: offered %.0f/s -> %.0f/s p50 %.2f p99 %.2f ms errors %d %s",
+            arm.name, rate, result.achieved_rate, result.p50_ms, result.p99_ms, result.errors,
+            "ok" if result.passed else "FAIL",
+        )  # fmt: skip
+        await asyncio.sleep(config.settle_s)
+        if result.passed:
+            passing = rate
+            rate *= config.growth
+        else:
+            failing = rate
+            await asyncio.sleep(config.recover_s)  # let an overloaded server drain before bisecting
+            break
+    for _ in range(config.refine if passing and failing else 0):
+        seed += 1
+        rate = (passing + failing) / 2
+        samples, cpu = await _measure(step, rate, config.step_s, seed, pids)
+        result = _step_result(samples, cpu, config)
+        arm.steps.append(result)
+        log.info("%s: refine %.0f/s -> p99 %.2f ms %s", arm.name, rate, result.p99_ms, result.passed)
+        await asyncio.sleep(config.settle_s)
+        if result.passed:
+            passing = rate
+        else:
+            failing = rate
+            await asyncio.sleep(config.recover_s)
+    passed = [s for s in arm.steps if s.passed]
+    arm.best = max(passed, key=lambda s: s.achieved_rate) if passed else None
+    arm.steps.sort(key=lambda s: s.offered_rate)
+
+
+def assembled_rows(
+    requests: Sequence[dict[str, Any]], snapshots: Path = DEFAULT_SNAPSHOTS
+) -> list[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]]:
+    """The rows the gateway sends to Triton for each request, built with the gateway's own code."""
+    store = EmbeddedFeatureStore.load(snapshots)
+    hour = time.gmtime().tm_hour
+    rows = []
+    for raw in requests:
+        request = msgspec.convert(raw, BidRequest)
+        candidates = request.ext.candidates if request.ext else []
+        user = store.lookup_user(features.user_key(request))
+        ads = store.lookup_ads(
+            AdKeys(
+                [c.id for c in candidates],
+                [c.campaign_id for c in candidates],
+                [c.advertiser for c in candidates],
+                [c.cat[0] if c.cat else "" for c in candidates],
+            )
+        )
+        context = features.context_from_request(request, hour)
+        imp_of_candidate = np.zeros(len(candidates), dtype=np.intp)  # the row count is what matters
+        rows.append(features.assemble(context, user, ads, imp_of_candidate))
+    return rows
+
+
+async def _direct_arm(
+    triton: TritonTarget,
+    rows: Sequence[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]],
+    config: BenchConfig,
+) -> ArmResult:
+    arm = ArmResult(
+        "direct",
+        "async tritonclient (gRPC) in the generator: the already-assembled rows, one request per bid",
+    )
+    inputs = []
+    for cat, dense in rows:
+        cat_input = tritonclient.InferInput(feature_spec.INPUT_CAT, list(cat.shape), "INT64")
+        cat_input.set_data_from_numpy(cat)
+        dense_input = tritonclient.InferInput(feature_spec.INPUT_DENSE, list(dense.shape), "FP32")
+        dense_input.set_data_from_numpy(dense)
+        inputs.append([cat_input, dense_input])
+    client = tritonclient.InferenceServerClient(triton.grpc_url)
+
+    async def call(i: int) -> bool:
+        await client.infer(
+            feature_spec.MODEL_NAME, inputs[i % len(inputs)], model_version=config.model_version
+        )
+        return True
+
+    async def step(rate: float, seconds: float, seed: int) -> StepSamples:
+        return await run_call_step(call, rate=rate, duration_s=seconds, seed=seed)
+
+    try:
+        await _ladder(arm, step, {"triton": triton.pid, "generator": os.getpid()}, config)
+    finally:
+        await client.close()
+    return arm
+
+
+async def _http_arm(
+    arm: ArmResult, server: Server, bodies: Sequence[bytes], triton: TritonTarget, config: BenchConfig
+) -> ArmResult:
+    payloads = [http_request_bytes(server.bid_path, body) for body in bodies]
+
+    async def step(rate: float, seconds: float, seed: int) -> StepSamples:
+        return await run_http_step(
+            "127.0.0.1", server.port, payloads, rate=rate, duration_s=seconds, seed=seed
+        )
+
+    arm.answers = await asyncio.to_thread(_answers, server, bodies[:ANSWER_CHECKS])
+    pids = {"server": server.pid, "triton": triton.pid, "generator": os.getpid()}
+    await _ladder(arm, step, pids, config)
+    return arm
+
+
+ANSWER_CHECKS = 10
+
+
+def _answers(server: Server, bodies: Sequence[bytes]) -> list[list[tuple[str, str, float]] | int]:
+    """Each body's winners as (imp id, ad id, price), or its no-bid reason."""
+    out: list[list[tuple[str, str, float]] | int] = []
+    for body in bodies:
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{server.port}{server.bid_path}",
+            data=body,
+            headers={"content-type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 - loopback only
+            document = orjson.loads(response.read())
+        wins = sorted(
+            (bid["impid"], bid["adid"], float(bid["price"]))
+            for seat in document.get("seatbid") or []
+            for bid in seat["bid"]
+        )
+        out.append(wins or int(document.get("nbr", -1)))
+    return out
+
+
+_DESCRIPTIONS = {
+    "gateway": "bid-gateway, `python -m gateway serve`, 1 worker (defaults: micro-batcher on)",
+    "gateway-w2": "bid-gateway, 2 workers",
+    "kserve": "KServe 0.21 transformer (kserve.Model pre/postprocess, grpc-v2 predictor), 1 worker, "
+    "per-request logging off",
+    "kserve-default-logging": "the same KServe transformer with KServe's default per-request logging",
+}
+
+
+@contextlib.contextmanager
+def _server_for(arm: str, triton: TritonTarget, config: BenchConfig) -> Iterator[Server]:
+    if arm in ("gateway", "gateway-w2"):
+        with start_gateway(
+            triton.grpc_url, workers=2 if arm == "gateway-w2" else 1, log_dir=config.log_dir
+        ) as server:
+            yield server
+    elif arm in ("kserve", "kserve-default-logging"):
+        with start_kserve(
+            config.kserve_python,
+            triton.grpc_url,
+            log_dir=config.log_dir,
+            quiet=arm == "kserve",
+        ) as server:
+            yield server
+    else:
+        raise ValueError(f"unknown arm {arm!r}; known: {', '.join(ARMS)}")
+
+
+def _run_arm(
+    arm: str,
+    triton: TritonTarget,
+    bodies: Sequence[bytes],
+    rows: Sequence[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]],
+    config: BenchConfig,
+) -> ArmResult:
+    if arm == "direct":
+        # grpc.aio wants asyncio's own loop; the HTTP arms get uvloop (a cheaper generator).
+        return asyncio.run(_direct_arm(triton, rows, config))
+    with (
+        _server_for(arm, triton, config) as server,
+        asyncio.Runner(loop_factory=uvloop.new_event_loop) as run,
+    ):
+        return run.run(_http_arm(ArmResult(arm, _DESCRIPTIONS[arm]), server, bodies, triton, config))
+
+
+@contextlib.contextmanager
+def _triton(existing: TritonTarget | None, log_dir: Path) -> Iterator[TritonTarget]:
+    if existing is not None:
+        yield existing
+        return
+    with LocalTriton(free_ports(), log_to=log_dir / "tritonserver.log") as server:
+        assert server.pid is not None
+        yield TritonTarget(server.grpc_url, server.pid)
+
+
+def run_bench(
+    requests: Sequence[dict[str, Any]],
+    bodies: Sequence[bytes],
+    config: BenchConfig,
+    triton: TritonTarget | None = None,
+) -> list[ArmResult]:
+    """Every arm of `config.arms` against one Triton (started here unless `triton` is given)."""
+    unknown = [a for a in config.arms if a not in ARMS]
+    if unknown:
+        raise ValueError(f"unknown arms {unknown}; known: {', '.join(ARMS)}")
+    if any(a.startswith("kserve") for a in config.arms) and not config.kserve_python.exists():
+        raise FileNotFoundError(
+            f"{config.kserve_python} does not exist: the KServe arm runs from its own venv "
+            "(make bench creates .venv-kserve), or leave it out with --arms"
+        )
+    rows = assembled_rows(requests) if "direct" in config.arms else []
+    results = []
+    with _triton(triton, config.log_dir) as target:
+        for arm in config.arms:
+            log.info("arm %s", arm)
+            results.append(_run_arm(arm, target, bodies, rows, config))
+    return results

@@ -1,0 +1,61 @@
+"""`python -m loadtests.bench --tiny`: the whole command in seconds, so it cannot rot unnoticed."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.local_triton import REPO_ROOT, LocalTriton
+
+pytestmark = pytest.mark.integration
+
+KSERVE_PYTHON = REPO_ROOT / ".venv-kserve" / "bin" / "python"
+
+
+def test_tiny_bench_writes_results_report_and_plots(triton: LocalTriton, tmp_path: Path) -> None:
+    # The KServe arm needs its own venv (make bench builds it); without it the other arms still run.
+    arms = "direct,gateway,kserve" if KSERVE_PYTHON.exists() else "direct,gateway"
+    assert triton.pid is not None
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "loadtests.bench",
+            "--tiny",
+            "--arms",
+            arms,
+            "--triton-grpc-url",
+            triton.grpc_url,
+            "--triton-pid",
+            str(triton.pid),
+            "--results",
+            str(tmp_path / "bench.json"),
+            "--report",
+            str(tmp_path / "benchmarks.md"),
+            "--img-dir",
+            str(tmp_path / "img"),
+        ],
+        cwd=REPO_ROOT,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-4000:]
+    document = json.loads((tmp_path / "bench.json").read_text())
+    names = [arm["name"] for arm in document["arms"]]
+    assert names == arms.split(",")
+    for arm in document["arms"]:
+        fixed = arm["fixed_rate"]
+        assert fixed["bids"] > 0, arm
+        assert fixed["errors"] == 0, arm
+        assert set(fixed["cpu_us_per_bid"]) >= {"triton", "generator"}
+    assert all(document["meta"]["answers_match_gateway"].values())
+    report = (tmp_path / "benchmarks.md").read_text()
+    assert "Headline ratios" in report
+    assert (tmp_path / "img" / "bench_latency.png").stat().st_size > 0
+    assert (tmp_path / "img" / "bench_cpu.png").stat().st_size > 0
