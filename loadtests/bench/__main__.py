@@ -155,8 +155,8 @@ def main(argv: list[str] | None = None) -> int:
             "anonymous, bid types cpm/cpc/cpa 50/35/15, 1-3 imps, tmax 80/120/250 ms"
         ),
         "answers_match_gateway": _check_answers(arms),
-        "logs": str(log_dir),
     }
+    log.info("server and Triton logs of this run: %s", log_dir)
     document = write_json(args.results, arms, config, meta)
     plots = write_plots(args.img_dir, arms, config)
     write_markdown(args.report, document, arms, config, plots, args.results)

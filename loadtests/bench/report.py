@@ -14,6 +14,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display on a server
 import matplotlib.pyplot as plt
 
+from gateway.local_triton import REPO_ROOT
 from loadtests.bench.runner import ArmResult, BenchConfig, StepResult
 
 __all__ = ["ratios", "write_json", "write_markdown", "write_plots"]
@@ -77,10 +78,21 @@ def _arm_json(arm: ArmResult) -> dict[str, Any]:
     }
 
 
+def _repo_relative(path: Path) -> str | None:
+    resolved = path.resolve()
+    return str(resolved.relative_to(REPO_ROOT)) if resolved.is_relative_to(REPO_ROOT) else None
+
+
 def write_json(
     path: Path, arms: Sequence[ArmResult], config: BenchConfig, meta: dict[str, Any]
 ) -> dict[str, Any]:
-    config_json = {k: str(v) if isinstance(v, Path) else v for k, v in dataclasses.asdict(config).items()}
+    # Paths relative to the repository (or dropped when outside it): the results are committed, and a
+    # path of the machine that ran the bench means nothing to the next reader.
+    config_json = {
+        k: _repo_relative(v) if isinstance(v, Path) else v
+        for k, v in dataclasses.asdict(config).items()
+        if not isinstance(v, Path) or _repo_relative(v) is not None
+    }
     document = {
         "meta": meta,
         "config": config_json,
