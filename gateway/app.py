@@ -11,8 +11,11 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from prometheus_client import CollectorRegistry
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from gateway.api import errors, events, routes
+from gateway.api.bid_endpoint import BID_PATH, BidEndpoint
 from gateway.api.decode import RequestLimits
 from gateway.config import Settings
 from gateway.core.currency import CurrencyTable
@@ -72,7 +75,26 @@ async def _open_store(
     return await asyncio.to_thread(EmbeddedFeatureStore.load, settings.snapshot_dir), None
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+class GatewayApp(FastAPI):
+    """FastAPI, with POST /v1/bid handed to the raw `BidEndpoint` before routing and middleware (see
+    `gateway.api.bid_endpoint` for why); every other request takes FastAPI's usual path."""
+
+    bid_endpoint: BidEndpoint | None = None  # set by create_app, once the HTTP metrics exist
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        endpoint = self.bid_endpoint
+        if (
+            endpoint is not None
+            and scope["type"] == "http"
+            and scope["path"] == BID_PATH
+            and scope["method"] == "POST"
+        ):
+            await endpoint(scope, receive, send)
+            return
+        await super().__call__(scope, receive, send)
+
+
+def create_app(settings: Settings | None = None) -> GatewayApp:
     settings = settings or Settings()
 
     @asynccontextmanager
@@ -158,7 +180,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             exporter.export()
             worker_exited(settings.prometheus_multiproc_dir)
 
-    app = FastAPI(
+    app = GatewayApp(
         title="bid-gateway",
         version="0.1.0",
         summary="OpenRTB 2.6 ad ranking in front of NVIDIA Triton",
@@ -167,8 +189,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Middleware order: the request id is set outermost, so the HTTP metrics and every log line see it.
     registry = CollectorRegistry(auto_describe=True)
     gateway_metrics = GatewayMetrics(registry)
-    instrument_http(app, registry)
+    http_metrics = instrument_http(app, registry)
     app.add_middleware(RequestIdMiddleware)
+    app.bid_endpoint = BidEndpoint(lambda: getattr(app.state, "services", None), http_metrics)
+    # Registered for FastAPI's routing only so other methods on the path get 405; POST never gets here.
+    app.router.routes.append(Route(BID_PATH, app.bid_endpoint, methods=["POST"], include_in_schema=False))
     app.include_router(routes.router)
     app.include_router(events.router)
     add_metrics_route(app, exposition_registry(registry, settings.prometheus_multiproc_dir))
@@ -186,6 +211,8 @@ def _attach_msgspec_schemas(app: FastAPI) -> None:
                 title=app.title, version=app.version, summary=app.summary, routes=app.routes
             )
             document.setdefault("components", {}).setdefault("schemas", {}).update(routes.OPENAPI_COMPONENTS)
+            # Served outside FastAPI's routing, so described by hand; first, as it always was.
+            document["paths"] = {BID_PATH: {"post": routes.BID_OPERATION}, **document["paths"]}
             app.openapi_schema = document
         return app.openapi_schema
 

@@ -24,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from gateway.core.pipeline import Decision
 
 REQUEST_ID_HEADER: Final = "x-request-id"
-_HEADER_BYTES: Final = REQUEST_ID_HEADER.encode()
+REQUEST_ID_HEADER_BYTES: Final = REQUEST_ID_HEADER.encode()
 # A caller's id is logged and echoed verbatim, so only a short token is accepted (no log injection).
 _VALID_ID: Final = re.compile(rb"[A-Za-z0-9._:-]{1,128}")
 BID_LOGGER: Final = "gateway.bids"
@@ -46,8 +46,8 @@ class RequestIdMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_id(scope["headers"]) or os.urandom(16).hex()
-        header = (_HEADER_BYTES, request_id.encode("latin-1"))
+        request_id = new_request_id(scope["headers"])
+        header = (REQUEST_ID_HEADER_BYTES, request_id.encode("latin-1"))
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -61,9 +61,14 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
 
 
-def _incoming_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+def new_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:
+    """The caller's X-Request-ID when it is a sane token, else 128 random bits as hex."""
+    return incoming_request_id(headers) or os.urandom(16).hex()
+
+
+def incoming_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     for name, value in headers:
-        if name == _HEADER_BYTES:
+        if name == REQUEST_ID_HEADER_BYTES:
             return value.decode("latin-1") if _VALID_ID.fullmatch(value) else None
     return None
 

@@ -49,7 +49,7 @@ from prometheus_client import (
 )
 from prometheus_fastapi_instrumentator import metrics as http_metrics
 from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
-from starlette.types import ASGIApp
+from starlette.types import ASGIApp, Scope
 
 from gateway.core.eligibility import LOSS_REASONS, NOT_LOST
 from gateway.core.pipeline import Decision, PipelineCounters
@@ -422,21 +422,45 @@ class _RouteCachingMiddleware(PrometheusInstrumentatorMiddleware):
         return found
 
 
-def instrument_http(app: FastAPI, registry: CollectorRegistry) -> None:
-    """RED metrics per route template: `http_requests_total` and `http_request_duration_seconds` (labels
-    handler, method, status), status codes grouped (2xx, 4xx, 5xx) and unknown paths ignored, so
-    cardinality stays bounded."""
+class HttpMetrics:
+    """The instrumentator's RED metrics, `http_requests_total` and `http_request_duration_seconds` (labels
+    handler, method, status), shared by its middleware (every FastAPI route) and the raw bid endpoint, so
+    one metric family covers every route and the SLO rules see /v1/bid as before."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        instrumentations = [
+            http_metrics.requests(registry=registry),
+            http_metrics.latency(buckets=HTTP_LATENCY_BUCKETS_S, registry=registry),
+        ]
+        self.instrumentations = [f for f in instrumentations if f is not None]
+
+    def record(self, scope: Scope, handler: str, status: int, duration_s: float) -> None:
+        """One served request, labelled as the middleware labels it (status grouped to 2xx/4xx/5xx)."""
+        info = http_metrics.Info(
+            request=Request(scope),
+            response=None,
+            method=scope["method"],
+            modified_handler=handler,
+            modified_status=f"{str(status)[0]}xx",
+            modified_duration=duration_s,
+        )
+        for instrumentation in self.instrumentations:
+            instrumentation(info)
+
+
+def instrument_http(app: FastAPI, registry: CollectorRegistry) -> HttpMetrics:
+    """RED metrics per route template, status codes grouped (2xx, 4xx, 5xx) and unknown paths ignored, so
+    cardinality stays bounded. Returns the metrics, for routes served outside the middleware."""
+    metrics = HttpMetrics(registry)
     app.add_middleware(
         _RouteCachingMiddleware,
         should_group_status_codes=True,
         should_ignore_untemplated=True,
         excluded_handlers=["^/metrics$"],
-        instrumentations=[
-            http_metrics.requests(registry=registry),
-            http_metrics.latency(buckets=HTTP_LATENCY_BUCKETS_S, registry=registry),
-        ],
+        instrumentations=metrics.instrumentations,
         registry=registry,
     )
+    return metrics
 
 
 def multiprocess_dir_in_use() -> bool:

@@ -175,6 +175,13 @@ def test_health_readiness_and_openapi(gateway: httpx.Client) -> None:
     assert {"200", "400", "413", "422", "503"} <= set(operation["responses"])
 
 
+def test_other_methods_on_the_bid_path_get_405(gateway: httpx.Client) -> None:
+    # POST is served outside FastAPI's routing; the route it keeps there still answers other methods.
+    response = gateway.get("/v1/bid")
+    assert response.status_code == 405
+    assert "POST" in response.headers["allow"]
+
+
 def test_triton_unreachable_bids_on_priors_flagged_degraded() -> None:
     dead = Settings(triton_url=f"127.0.0.1:{free_port()}")
     with serve_in_thread(dead) as url, httpx.Client(base_url=url) as client:
