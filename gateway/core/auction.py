@@ -2,9 +2,11 @@
 
 All amounts are USD CPM (per mille). The auction walks the imps in request order; at each imp the best
 eligible candidate still available wins it, where "available" means its ad has not won yet and its
-advertiser has not won yet (one imp per ad and per advertiser in a response). "Best" is the higher eCPM,
-ties broken by the smaller ad id in string (code point) order; that order is fixed once per request by one
-lexsort, so each imp costs a few array operations over the candidates, not a Python loop.
+advertiser has not won yet (one imp per ad and per advertiser in a response; advertiser domains compare
+case-insensitively, as for `badv`). "Best" is the higher eCPM, ties broken by the smaller ad id in string
+(code point) order; that order is fixed once per request by one sort, so each imp costs a few array
+operations over the candidates, not a Python loop. A one-imp request (most traffic) needs no full order:
+its winner is the top contender and the runner-up the next, unless the top eCPM is tied.
 
 Prices (OpenRTB `at`):
   first price (1)   the winner's eCPM.
@@ -20,6 +22,7 @@ Converting and rounding a price for the response is `CurrencyTable.price_from_us
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
@@ -36,7 +39,6 @@ from gateway.core.eligibility import (
     Impression,
     LossReason,
     decode_reasons,
-    factorise,
     reason_code,
 )
 
@@ -67,11 +69,20 @@ class AuctionType(IntEnum):
 def encode_bid_types(names: Sequence[str]) -> npt.NDArray[np.int8]:
     """ "cpm"/"cpc"/"cpa" (case-insensitive) to `BidType` codes; raises ValueError naming an unknown one."""
     try:
+        # Decoded requests spell them in lower case (the schema's Literal): one C-level dict pass, ~3x
+        # cheaper than lower-casing each name first.
+        return np.fromiter(map(_LOWER_CASE_CODES.__getitem__, names), dtype=np.int8, count=len(names))
+    except KeyError:
+        pass
+    try:
         return np.fromiter((BID_TYPE_CODES[name.lower()] for name in names), dtype=np.int8, count=len(names))
     except KeyError as exc:
         raise ValueError(
             f"unknown bid type {exc.args[0]!r}; expected one of {sorted(BID_TYPE_CODES)}"
         ) from None
+
+
+_LOWER_CASE_CODES: Final[Mapping[str, int]] = {name: int(code) for name, code in BID_TYPE_CODES.items()}
 
 
 def compute_ecpm(
@@ -82,23 +93,28 @@ def compute_ecpm(
 ) -> npt.NDArray[np.float64]:
     """USD eCPM per candidate. `pctr`/`pcvr` may be [N] or Triton's [N, 1]; computed in float64."""
     count = len(bids)
-    ctr = np.asarray(pctr, dtype=np.float64).reshape(-1)
-    cvr = np.asarray(pcvr, dtype=np.float64).reshape(-1)
+    ctr = pctr.reshape(-1)
+    cvr = pcvr.reshape(-1)
     if not (len(bid_types) == len(ctr) == len(cvr) == count):
         raise ValueError(
             f"length mismatch: bid_types {len(bid_types)}, bids {count}, pctr {len(ctr)}, pcvr {len(cvr)}"
         )
-    # Codes are 0..2; as uint8 a negative code wraps above 2, so one comparison catches both ends.
-    unknown = bid_types.astype(np.uint8) > max(BidType)
-    if unknown.any():
-        raise ValueError(f"unknown bid type code(s): {sorted(set(bid_types[unknown].tolist()))}")
-    bids64 = np.asarray(bids, dtype=np.float64)
-    # Two np.where passes instead of np.select: several times cheaper at tens of candidates (profiled).
-    per_action = np.where(bid_types == BidType.CPA, cvr, 1.0)
-    per_mille: npt.NDArray[np.float64] = np.where(
-        bid_types == BidType.CPM, 1.0, _CPM_PER_UNIT * ctr * per_action
-    )
-    return bids64 * per_mille
+    # Row k holds the factor from a bid of type k to USD CPM, in float64 (pCTR/pCVR cast exactly first);
+    # `choose` picks each candidate's row and rejects a code outside 0..2. Six array calls instead of a
+    # dozen, and the method rather than np.choose, whose Python wrapper alone costs ~3 us: 20 -> 5.5 us at
+    # 50 candidates.
+    per_mille = np.empty((len(BidType), count))
+    per_mille[BidType.CPM] = 1.0
+    per_mille[BidType.CPC] = ctr
+    per_mille[BidType.CPC] *= _CPM_PER_UNIT
+    np.multiply(per_mille[BidType.CPC], cvr, out=per_mille[BidType.CPA])
+    try:
+        chosen = bid_types.choose(per_mille)
+    except ValueError:
+        unknown = bid_types.astype(np.uint8) > max(BidType)  # a negative code wraps above 2
+        raise ValueError(f"unknown bid type code(s): {sorted(set(bid_types[unknown].tolist()))}") from None
+    ecpm: npt.NDArray[np.float64] = np.asarray(bids, dtype=np.float64) * chosen
+    return ecpm
 
 
 @dataclass(frozen=True, slots=True)
@@ -139,56 +155,177 @@ def run(
             f"shape mismatch: ecpm {len(ecpm)}, eligible {eligibility.eligible.shape}, "
             f"{len(imps)} imps x {count} candidates"
         )
-    # Work in preference order: position 0 is the best candidate, so the first contender at an imp is its
-    # winner and the next one its runner-up; no per-imp sort.
-    order = np.lexsort((np.asarray(candidates.ad_ids, dtype=np.str_), -np.asarray(ecpm, dtype=np.float64)))
-    eligible = eligibility.eligible[:, order]
-    ad = _ad_groups(candidates.ad_ids)[order]
-    advertiser = eligibility.advertiser_group[order]
-    available = np.ones(count, dtype=np.bool_)  # its ad has not won and its advertiser has not won
-    winner_positions: list[int] = []
+    if len(imps) == 1:
+        decided = _single_imp(ecpm, eligibility, candidates, auction_type)
+        if decided is not None:
+            return decided
+    return _walk_imps(ecpm, eligibility, candidates, len(imps), auction_type)
 
+
+def _single_imp(
+    ecpm: npt.NDArray[np.float64],
+    eligibility: Eligibility,
+    candidates: Candidates,
+    auction_type: AuctionType,
+) -> AuctionResult | None:
+    """The one-imp request (80% of traffic) without ranking every candidate: the winner is the contender
+    with the highest eCPM, the runner-up's eCPM the next highest, and with no later imp no advertiser holds
+    anyone back. None when the top eCPM is tied (or NaN): then the walk's ad id tie-break decides.
+
+    Same result as `_walk_imps` (a unit test checks both on random requests), at half its cost (5.7 vs
+    11.8 us at 50 candidates): it sorts the contenders' eCPMs instead of ranking every candidate and
+    reordering the eligibility mask."""
+    contenders = eligibility.eligible[0].nonzero()[0]
     wins: list[Win] = []
-    for i in range(len(imps) if count else 0):  # argmax of an empty row would raise
-        contenders = eligible[i] & available
-        first = int(contenders.argmax())
-        if not contenders[first]:
-            continue
-        rest = contenders[first + 1 :]
-        runner_up_ecpm = float(ecpm[order[first + 1 + int(rest.argmax())]]) if rest.any() else None
-        winner = int(order[first])
-        winner_ecpm = float(ecpm[winner])
+    if len(contenders):
+        values = ecpm[contenders]
+        best = int(values.argmax())
+        values.sort()  # ascending, NaN last
+        top = float(values[-1])
+        runner_up_ecpm = float(values[-2]) if len(values) > 1 else None
+        if math.isnan(top) or runner_up_ecpm == top:
+            return None
+        winner = int(contenders[best])
         wins.append(
-            Win(
-                imp=i,
-                candidate=winner,
-                ecpm=winner_ecpm,
-                price_usd=_price(
-                    auction_type, winner_ecpm, runner_up_ecpm, float(eligibility.floor_usd[i, winner])
-                ),
-                deal_id=candidates.deal_ids[winner] if eligibility.deal_applies[i, winner] else None,
+            _win(
+                0,
+                winner,
+                runner_up_ecpm,
+                ecpm=ecpm,
+                eligibility=eligibility,
+                candidates=candidates,
+                auction_type=auction_type,
             )
         )
-        winner_positions.append(first)
-        available &= (ad != ad[first]) & (advertiser != advertiser[first])
+    return AuctionResult(wins=wins, outcome_code=_outcome_codes(eligibility.drop_code, wins))
 
-    # Held back by its advertiser: eligible at some imp after its advertiser won one and before its own ad
-    # won (never, for a loser). Then the one-imp-per-advertiser rule, not the bids, is why it lost.
-    won_imps = np.fromiter((win.imp for win in wins), dtype=np.intp, count=len(wins))
-    ad_won_at = _first_win_by_group(ad, winner_positions, won_imps, len(imps))
-    advertiser_won_at = _first_win_by_group(advertiser, winner_positions, won_imps, len(imps))
-    imp_index = np.arange(len(imps))[:, None]
-    held_back = (eligible & (imp_index > advertiser_won_at) & (imp_index <= ad_won_at)).any(axis=0)
-    held_back_by_advertiser = np.empty(count, dtype=np.bool_)
-    held_back_by_advertiser[order] = held_back
 
-    outcome_code = eligibility.drop_code.copy()
-    winner_mask = np.zeros(count, dtype=np.bool_)
-    winner_mask[[win.candidate for win in wins]] = True
-    lost = (outcome_code == NOT_LOST) & ~winner_mask
-    outcome_code[lost & held_back_by_advertiser] = reason_code(LossReason.ADVERTISER_ALREADY_WON)
-    outcome_code[lost & ~held_back_by_advertiser] = reason_code(LossReason.LOST_AUCTION)
-    return AuctionResult(wins=wins, outcome_code=outcome_code)
+def _walk_imps(
+    ecpm: npt.NDArray[np.float64],
+    eligibility: Eligibility,
+    candidates: Candidates,
+    imp_count: int,
+    auction_type: AuctionType,
+) -> AuctionResult:
+    """Any request: the imps in order, each to its best contender still available."""
+    # Work in preference order: position 0 is the best candidate, so the first contender at an imp is its
+    # winner and the next one its runner-up; no per-imp sort.
+    order = _preference_order(ecpm, candidates.ad_ids)
+    eligible = eligibility.eligible[:, order]
+    # Per position: (its ad won an earlier imp, its advertiser did); None until a win leaves imps to fill.
+    taken: tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]] | None = None
+    domains: list[str] = []  # the advertisers lower-cased, at the first win that leaves imps to fill
+    # Per position: eligible at some imp after its advertiser won one and before its own ad won (never,
+    # for a loser). Then the one-imp-per-advertiser rule, not the bids, is why it lost.
+    held_back: npt.NDArray[np.bool_] | None = None
+    wins: list[Win] = []
+    for i in range(imp_count):
+        contenders = eligible[i]
+        if taken is not None:
+            ad_won, advertiser_won = taken
+            held_here = contenders & advertiser_won & ~ad_won
+            held_back = held_here if held_back is None else held_back | held_here
+            contenders = contenders & ~(ad_won | advertiser_won)
+        positions = contenders.nonzero()[0]
+        if not len(positions):
+            continue
+        first = int(positions[0])
+        runner_up_ecpm = float(ecpm[order[positions[1]]]) if len(positions) > 1 else None
+        wins.append(
+            _win(
+                i,
+                int(order[first]),
+                runner_up_ecpm,
+                ecpm=ecpm,
+                eligibility=eligibility,
+                candidates=candidates,
+                auction_type=auction_type,
+            )
+        )
+        if i + 1 < imp_count:
+            domains = domains or [advertiser.lower() for advertiser in candidates.advertisers]
+            won_now = _same_ad_and_advertiser(candidates.ad_ids, domains, int(order[first]), order)
+            taken = won_now if taken is None else (taken[0] | won_now[0], taken[1] | won_now[1])
+
+    held_back_by_candidate = None
+    if held_back is not None:
+        held_back_by_candidate = np.empty_like(held_back)
+        held_back_by_candidate[order] = held_back
+    return AuctionResult(
+        wins=wins, outcome_code=_outcome_codes(eligibility.drop_code, wins, held_back_by_candidate)
+    )
+
+
+def _win(
+    imp: int,
+    winner: int,
+    runner_up_ecpm: float | None,
+    *,
+    ecpm: npt.NDArray[np.float64],
+    eligibility: Eligibility,
+    candidates: Candidates,
+    auction_type: AuctionType,
+) -> Win:
+    winner_ecpm = float(ecpm[winner])
+    floor = float(eligibility.floor_usd[imp, winner])
+    return Win(
+        imp=imp,
+        candidate=winner,
+        ecpm=winner_ecpm,
+        price_usd=_price(auction_type, winner_ecpm, runner_up_ecpm, floor),
+        deal_id=candidates.deal_ids[winner] if eligibility.deal_applies[imp, winner] else None,
+    )
+
+
+def _lost_unless_dropped() -> npt.NDArray[np.int8]:
+    """Drop code -> outcome code of a candidate that did not win, as a table indexed by the code's byte
+    (NOT_LOST, -1, is byte 255): one gather, ~2 us cheaper than comparing, masking and assigning."""
+    table = np.arange(256, dtype=np.uint8).view(np.int8)
+    table[NOT_LOST] = reason_code(LossReason.LOST_AUCTION)
+    table.flags.writeable = False
+    return table
+
+
+_LOST_UNLESS_DROPPED: Final = _lost_unless_dropped()
+
+
+def _outcome_codes(
+    drop_code: npt.NDArray[np.int8], wins: list[Win], held_back: npt.NDArray[np.bool_] | None = None
+) -> npt.NDArray[np.int8]:
+    """Eligibility's drop codes; of the candidates still in, winners stay NOT_LOST, the held back lost to
+    their advertiser's win and the rest lost the auction."""
+    outcome_code = _LOST_UNLESS_DROPPED[drop_code.view(np.uint8)]
+    if held_back is not None:
+        outcome_code[held_back & (drop_code == NOT_LOST)] = reason_code(LossReason.ADVERTISER_ALREADY_WON)
+    for win in wins:
+        outcome_code[win.candidate] = drop_code[win.candidate]
+    return outcome_code
+
+
+def _preference_order(ecpm: npt.NDArray[np.float64], ad_ids: Sequence[str]) -> npt.NDArray[np.intp]:
+    """Candidate indices best first: higher eCPM, ties by the smaller ad id (code point order).
+
+    The ad id only decides among equal eCPMs, which real scores rarely produce: one stable argsort by
+    eCPM gives the same order when no two are equal (NaNs, sorted last, count as equal to each other), and
+    only then is the lexsort over a numpy string array needed (8.6 vs 4.9 us at 50 candidates)."""
+    order = (-ecpm).argsort(kind="stable")
+    ranked = ecpm[order]
+    if len(ranked) > 1 and (np.count_nonzero(ranked[1:] == ranked[:-1]) or np.isnan(ranked[-2])):
+        order = np.lexsort((np.asarray(ad_ids, dtype=np.str_), -ecpm))
+    return order
+
+
+def _same_ad_and_advertiser(
+    ad_ids: Sequence[str], domains: list[str], winner: int, order: npt.NDArray[np.intp]
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.bool_]]:
+    """Per position in preference order: the same ad id as `winner`, and the same advertiser (`domains`
+    are the advertisers lower-cased: compared case-insensitively, as for `badv`). Two string passes per
+    win that leaves imps to fill, of which a request has one or two: cheaper than numbering every ad and
+    advertiser first (10 vs 14 us for one win at 50 candidates, lower-casing included)."""
+    count = len(order)
+    same_ad = np.fromiter(map(ad_ids[winner].__eq__, ad_ids), dtype=np.bool_, count=count)
+    same_advertiser = np.fromiter(map(domains[winner].__eq__, domains), dtype=np.bool_, count=count)
+    return same_ad[order], same_advertiser[order]
 
 
 def _price(
@@ -198,21 +335,3 @@ def _price(
         return winner_ecpm
     pressure = floor if runner_up_ecpm is None else max(runner_up_ecpm, floor)
     return min(winner_ecpm, pressure + SECOND_PRICE_INCREMENT_USD)
-
-
-def _first_win_by_group(
-    group: npt.NDArray[np.intp], winner_positions: list[int], won_imps: npt.NDArray[np.intp], no_win: int
-) -> npt.NDArray[np.intp]:
-    """Per position: the imp at which its group (ad or advertiser) won, `no_win` if it never did. Each
-    group wins at most once, so a plain scatter suffices."""
-    won_at = np.full(int(group.max(initial=-1)) + 1, no_win, dtype=np.intp)
-    won_at[group[winner_positions]] = won_imps
-    return won_at[group]
-
-
-def _ad_groups(ad_ids: Sequence[str]) -> npt.NDArray[np.intp]:
-    """Equal ad ids to equal ints. Ids are unique in a valid request, so that case costs one set()."""
-    if len(set(ad_ids)) == len(ad_ids):
-        return np.arange(len(ad_ids))
-    codes, _ = factorise(ad_ids)
-    return codes

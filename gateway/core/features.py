@@ -148,22 +148,25 @@ def context_from_request(request: BidRequest, hour: int) -> RequestContext:
         devicetype = fs.MISSING if device.devicetype is None else str(device.devicetype)
         os = (device.os or fs.MISSING).lower()
         country = ((device.geo.country if device.geo else None) or fs.MISSING).upper()
-    shared = {
-        "publisher": fs.hash_field("publisher", publisher),
-        "pub_category": fs.hash_field("pub_category", pub_category),
-        "device_type": fs.hash_field("device_type", devicetype),
-        "os": fs.hash_field("os", os),
-        "country": fs.hash_field("country", country),
-        "hour": hour_bucket,
-    }
-    rows = []
-    for imp in request.imp:  # per imp, not per candidate: a request has a handful
-        buckets = shared | {
-            "tagid": fs.hash_field("tagid", imp.tagid or fs.MISSING),
-            "ad_size": fs.hash_field("ad_size", _size(imp)),
-            "position": fs.hash_field("position", _position(imp)),
-        }
-        rows.append([buckets[name] for name in CONTEXT_CAT_FIELDS])
+    # Rows in CONTEXT_CAT_FIELDS order, written out (a dict per imp, merged and read back by name, cost
+    # ~0.6 us more per request); the tests read columns by name, so a reordering cannot go unnoticed.
+    shared = (
+        fs.hash_field("publisher", publisher),
+        fs.hash_field("pub_category", pub_category),
+        fs.hash_field("device_type", devicetype),
+        fs.hash_field("os", os),
+        fs.hash_field("country", country),
+    )
+    rows = [  # per imp, not per candidate: a request has a handful
+        (
+            *shared,
+            fs.hash_field("tagid", imp.tagid or fs.MISSING),
+            fs.hash_field("ad_size", _size(imp)),
+            fs.hash_field("position", _position(imp)),
+            hour_bucket,
+        )
+        for imp in request.imp
+    ]
     cat = np.array(rows, dtype=np.int64).reshape(len(rows), len(CONTEXT_CAT_FIELDS))
     dense = np.array(fs.hour_cycle(hour), dtype=np.float32)
     return RequestContext(cat=cat, dense=dense)
@@ -182,7 +185,8 @@ def assemble(
     cat = np.empty((n, len(fs.CATEGORICAL_FIELDS)), dtype=np.int64)
     cat[:, _USER_CAT_COLS] = user.cat
     cat[:, _AD_CAT_COLS] = ads.cat
-    cat[:, _CONTEXT_CAT_COLS] = context.cat[imp_of_candidate]
+    # One imp: its row broadcasts over every candidate, ~1 us cheaper than gathering n copies of it.
+    cat[:, _CONTEXT_CAT_COLS] = context.cat if len(context.cat) == 1 else context.cat[imp_of_candidate]
     dense = np.empty((n, len(fs.DENSE_FIELDS)), dtype=np.float32)
     dense[:, _USER_DENSE_COLS] = user.dense
     dense[:, _AD_DENSE_COLS] = ads.dense

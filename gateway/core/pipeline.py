@@ -242,7 +242,6 @@ class BidPipeline:
             request,
             raw_candidates,
             result,
-            ecpm,
             scores=scores,
             debug=debug,
             degraded=degraded,
@@ -349,7 +348,6 @@ class BidPipeline:
         request: BidRequest,
         raw_candidates: list[Candidate],
         result: auction.AuctionResult,
-        ecpm: npt.NDArray[np.float64],
         *,
         scores: Scores,
         debug: dict[str, Any] | None,
@@ -372,10 +370,12 @@ class BidPipeline:
                     crid=ad.crid or ad.id,
                     cat=ad.cat,
                     dealid=win.deal_id,
+                    # .item: a Python float without numpy's deprecated (and warning, ~0.6 us) float() of
+                    # the [1]-shaped row of Triton's [N, 1] outputs. win.ecpm is float(ecpm[candidate]).
                     ext=BidExt(
-                        ecpm=round(float(ecpm[win.candidate]), 6),
-                        pctr=float(scores.pctr[win.candidate]),
-                        pcvr=float(scores.pcvr[win.candidate]),
+                        ecpm=round(win.ecpm, 6),
+                        pctr=scores.pctr.item(win.candidate),
+                        pcvr=scores.pcvr.item(win.candidate),
                         bid_type=ad.bid_type,
                         model_version=scores.model_version,
                     ),

@@ -3,24 +3,32 @@ math is), imps as eligibility records, and each candidate's scoring placement.""
 
 from __future__ import annotations
 
+from operator import attrgetter
+from typing import Final
+
 import numpy as np
 import numpy.typing as npt
 
 from gateway.core import auction, eligibility
 from gateway.openrtb import BidRequest, Candidate, Imp
 
+_BID: Final = attrgetter("bid")
+
 
 def candidate_columns(raw: list[Candidate]) -> eligibility.Candidates:
+    # A list comprehension per column: on msgspec structs that beats list(map(attrgetter)) and a single
+    # zip(*rows) transpose (~0.9 us per 50-candidate column); feeding np.fromiter, map(attrgetter) beats a
+    # generator. The request's own `cat` and `imp_ids` lists are shared, not copied into tuples (~1.7 us):
+    # the data plane only reads them.
     return eligibility.Candidates(
         ad_ids=[c.id for c in raw],
         campaign_ids=[c.campaign_id for c in raw],
         advertisers=[c.advertiser for c in raw],
-        categories=[tuple(c.cat) for c in raw],
+        categories=[c.cat for c in raw],
         bid_types=auction.encode_bid_types([c.bid_type for c in raw]),
-        bids=np.fromiter((c.bid for c in raw), dtype=np.float64, count=len(raw)),
-        imp_ids=[tuple(c.imp_ids) if c.imp_ids is not None else None for c in raw],
+        bids=np.fromiter(map(_BID, raw), dtype=np.float64, count=len(raw)),
+        imp_ids=[c.imp_ids for c in raw],
         deal_ids=[c.deal_id for c in raw],
-        crids=[c.crid or c.id for c in raw],
     )
 
 
@@ -41,6 +49,9 @@ def scoring_imps(request: BidRequest, candidates: eligibility.Candidates) -> npt
 
     A candidate is scored once, for one placement: multi-imp requests usually offer similar placements,
     and scoring every (imp, candidate) pair would multiply Triton rows by the imp count for a small gain."""
+    count = len(candidates)
+    if len(request.imp) == 1 or candidates.imp_ids.count(None) == count:
+        return np.zeros(count, dtype=np.intp)  # every candidate on the first imp: no per-candidate pass
     position = {imp.id: i for i, imp in enumerate(request.imp)}
     return np.fromiter(
         (
@@ -48,5 +59,5 @@ def scoring_imps(request: BidRequest, candidates: eligibility.Candidates) -> npt
             for ids in candidates.imp_ids
         ),
         dtype=np.intp,
-        count=len(candidates),
+        count=count,
     )

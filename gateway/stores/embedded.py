@@ -227,8 +227,9 @@ class EmbeddedFeatureStore:
         n = len(ads.ad_ids)
         # Index -1 (an unknown ad) gathers the sentinel last row: default priors and placeholder buckets.
         rows = np.fromiter(map(self._ad_index.get, ads.ad_ids, repeat(-1, n)), dtype=np.intp, count=n)
-        cat = np.take(self._ad_cat, rows, axis=0)
-        dense = np.take(self._ad_dense, rows, axis=0)
+        # The ndarray methods, not np.take: its Python wrapper costs ~0.8 us a call at this size.
+        cat = self._ad_cat.take(rows, axis=0)
+        dense = self._ad_dense.take(rows, axis=0)
         known = rows >= 0
         n_known = int(np.count_nonzero(known))
         self.stats.ad_hits += n_known

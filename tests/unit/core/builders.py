@@ -34,7 +34,6 @@ def candidates(ads: Sequence[Ad]) -> Candidates:
         bids=np.asarray([ad.bid for ad in ads], dtype=np.float64),
         imp_ids=[ad.imp_ids for ad in ads],
         deal_ids=[ad.deal_id for ad in ads],
-        crids=[f"cr-{ad.ad_id}" for ad in ads],
     )
 
 

@@ -1,15 +1,17 @@
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Sequence
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 
 from gateway.core import auction
 from gateway.core.auction import AuctionType, BidType
 from gateway.core.currency import CurrencyTable
-from gateway.core.eligibility import Deal, Impression, LossReason
+from gateway.core.eligibility import NOT_LOST, Candidates, Deal, Eligibility, Impression, LossReason
 from tests.unit.core.builders import Ad, Outcome, build_eligibility, candidates, cpm_ecpm, decide
 
 FIRST = AuctionType.FIRST_PRICE
@@ -341,20 +343,25 @@ def test_shape_mismatch_is_rejected() -> None:
 
 def _reference(
     imps: Sequence[Impression], ads: Sequence[Ad], at: AuctionType
-) -> list[tuple[str, str, float]]:
-    """The rules written the slow, obvious way: sort, then walk the imps."""
+) -> tuple[list[tuple[str, str, float]], list[LossReason | None]]:
+    """The rules written the slow, obvious way: sort, then walk the imps; then each candidate's reason."""
     elig = build_eligibility(imps, ads)
     order = sorted(range(len(ads)), key=lambda c: (-ads[c].bid, ads[c].ad_id))
-    won_ads: set[str] = set()
-    won_advertisers: set[str] = set()
+
+    def advertiser(c: int) -> str:
+        return ads[c].advertiser or f"{ads[c].ad_id}.com"
+
+    ad_won_at: dict[str, int] = {}
+    advertiser_won_at: dict[str, int] = {}
+    winners: set[int] = set()
     wins = []
     for i, imp in enumerate(imps):
         able = [
             c
             for c in order
             if elig.eligible[i, c]
-            and ads[c].ad_id not in won_ads
-            and (ads[c].advertiser or f"{ads[c].ad_id}.com") not in won_advertisers
+            and ads[c].ad_id not in ad_won_at
+            and advertiser(c) not in advertiser_won_at
         ]
         if not able:
             continue
@@ -362,9 +369,25 @@ def _reference(
         pressure = max(ads[able[1]].bid, floor) if len(able) > 1 else floor
         price = ads[winner].bid if at == FIRST else min(ads[winner].bid, pressure + 0.01)
         wins.append((imp.id, ads[winner].ad_id, round(price, 6)))
-        won_ads.add(ads[winner].ad_id)
-        won_advertisers.add(ads[winner].advertiser or f"{ads[winner].ad_id}.com")
-    return wins
+        winners.add(winner)
+        ad_won_at[ads[winner].ad_id] = i
+        advertiser_won_at[advertiser(winner)] = i
+
+    never = len(imps)
+    reasons: list[LossReason | None] = []
+    for c, dropped in enumerate(elig.drop_reasons()):
+        held_back = any(
+            elig.eligible[i, c]
+            and advertiser_won_at.get(advertiser(c), never) < i <= ad_won_at.get(ads[c].ad_id, never)
+            for i in range(len(imps))
+        )
+        if dropped is not None:
+            reasons.append(dropped)
+        elif c in winners:
+            reasons.append(None)
+        else:
+            reasons.append(ADV_WON if held_back else LOST)
+    return wins, reasons
 
 
 @pytest.mark.parametrize("seed", range(40))
@@ -391,7 +414,9 @@ def test_matches_reference_on_random_requests(seed: int) -> None:
     ]
     at = rng.choice([FIRST, SECOND])
     got = decide(imps, ads, at=at)
-    assert [(imp, ad, price) for imp, ad, price, _ in got.wins] == _reference(imps, ads, at)
+    wins, reasons = _reference(imps, ads, at)
+    assert [(imp, ad, price) for imp, ad, price, _ in got.wins] == wins
+    assert list(got.reasons.values()) == reasons
 
 
 def test_a_repeated_ad_id_wins_once_and_its_copy_lost_the_auction() -> None:
@@ -400,3 +425,58 @@ def test_a_repeated_ad_id_wins_once_and_its_copy_lost_the_auction() -> None:
     result = auction.run(cpm_ecpm(ads), build_eligibility(TWO, ads), candidates(ads), TWO, FIRST)
     assert [(w.imp, w.candidate, w.price_usd) for w in result.wins] == [(0, 0, 5.0)]
     assert result.outcomes() == [None, LOST]
+
+
+# ---------------------------------------------------------------- shortcuts against the general walk
+
+
+def _random_single_imp_auction(
+    rng: random.Random,
+) -> tuple[npt.NDArray[np.float64], Eligibility, Candidates]:
+    """Any eligibility, not only what `eligibility.build` produces: NaN, infinite, zero and tied eCPMs may
+    be contenders, and ad ids may repeat."""
+    count = rng.randint(0, 12)
+    ads = [Ad(f"ad{rng.randint(0, 15)}", deal_id=rng.choice([None, "D1"])) for _ in range(count)]
+    special = [math.nan, math.inf, 0.0, -0.0, 2.0]
+    ecpm = np.array(
+        [rng.choice(special) if rng.random() < 0.1 else rng.choice([1.0, 2.0, rng.random()]) for _ in ads]
+    )
+    eligible = np.array([[rng.random() < 0.7 for _ in ads]], dtype=np.bool_).reshape(1, count)
+    # Now and then an eligible candidate also carries a drop code, which a win must not overwrite.
+    still_in = eligible[0] & np.array([rng.random() < 0.9 for _ in ads], dtype=np.bool_)
+    drop_code = np.where(still_in, NOT_LOST, rng.choice([0, 2, 3, 6])).astype(np.int8)
+    elig = Eligibility(
+        eligible=eligible,
+        floor_usd=np.array([[rng.choice([0.0, 0.5]) for _ in ads]]).reshape(1, count),
+        deal_applies=np.array([[rng.random() < 0.3 for _ in ads]], dtype=np.bool_).reshape(1, count),
+        drop_code=drop_code,
+    )
+    return ecpm, elig, candidates(ads)
+
+
+def test_single_imp_shortcut_matches_the_walk_or_declines() -> None:
+    taken = declined = 0
+    for seed in range(600):
+        rng = random.Random(seed)
+        ecpm, elig, cands = _random_single_imp_auction(rng)
+        at = rng.choice([FIRST, SECOND])
+        shortcut = auction._single_imp(ecpm, elig, cands, at)
+        walked = auction._walk_imps(ecpm, elig, cands, 1, at)
+        if shortcut is None:  # a tied or NaN top eCPM: the walk's ad id tie-break decides
+            declined += 1
+            continue
+        taken += 1
+        assert shortcut.wins == walked.wins, seed
+        assert shortcut.outcome_code.tolist() == walked.outcome_code.tolist(), seed
+    assert taken > 200  # both branches are exercised
+    assert declined > 50
+
+
+def test_preference_order_is_the_full_lexsort_order() -> None:
+    for seed in range(600):
+        rng = random.Random(seed)
+        ids = [f"ad{rng.randint(0, 20)}" for _ in range(rng.randint(0, 12))]
+        values = [math.nan, math.inf, -math.inf, 0.0, -0.0, 1.0, 2.0]
+        ecpm = np.array([rng.choice(values) if rng.random() < 0.3 else rng.random() for _ in ids])
+        expected = np.lexsort((np.asarray(ids, dtype=np.str_), -ecpm))
+        assert auction._preference_order(ecpm, ids).tolist() == expected.tolist(), seed

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
+import math
+import random
+
 import numpy as np
 import pytest
 
 from gateway.core import eligibility
 from gateway.core.currency import CurrencyTable, UnknownCurrencyError
 from gateway.core.eligibility import Candidates, Deal, Impression, LossReason
-from tests.unit.core.builders import Ad, build_eligibility, candidates
+from tests.unit.core.builders import Ad, build_eligibility, candidates, cpm_ecpm
 
 BA = LossReason.BLOCKED_ADVERTISER
 BC = LossReason.BLOCKED_CATEGORY
@@ -72,6 +75,29 @@ def test_badv(badv: list[str], advertiser: str, blocked: bool) -> None:
 def test_drop_reason_precedence(ad: Ad, expected: LossReason | None) -> None:
     elig = build_eligibility([Impression("i1", bidfloor=1.0)], [ad], badv=["bad.com"], bcat=["IAB25"])
     assert elig.drop_reasons() == [expected]
+
+
+@pytest.mark.parametrize(
+    ("ad", "expected"),
+    [
+        pytest.param(Ad("a", categories=("IAB25-1",)), BC, id="category-before-campaign"),
+        pytest.param(Ad("a", imp_ids=("nope",)), LossReason.PACED, id="campaign-before-imp"),
+        pytest.param(Ad("a", bid=0.1), LossReason.PACED, id="campaign-before-floor"),
+    ],
+)
+def test_campaign_exclusions_rank_between_blocks_and_imps(ad: Ad, expected: LossReason) -> None:
+    paced = np.array([eligibility.reason_code(LossReason.PACED)], dtype=np.int8)
+    elig = eligibility.build(
+        [Impression("i1", bidfloor=1.0)],
+        candidates([ad]),
+        badv=[],
+        bcat=["IAB25"],
+        ecpm=cpm_ecpm([ad]),
+        currency_table=CurrencyTable.default(),
+        excluded=paced,
+    )
+    assert elig.drop_reasons() == [expected]
+    assert not elig.eligible.any()
 
 
 TWO_IMPS = [Impression("i1"), Impression("i2")]
@@ -182,6 +208,7 @@ def test_floors_with_deals_and_currencies(
     "ecpm",
     [pytest.param(0.0, id="zero"), pytest.param(float("nan"), id="nan"), pytest.param(-1.0, id="negative")],
 )
+@pytest.mark.filterwarnings("error")  # NaN compares quietly: build needs no errstate block
 def test_non_positive_or_nan_ecpm_is_below_any_floor(ecpm: float) -> None:
     elig = eligibility.build(
         ONE_IMP,
@@ -234,7 +261,6 @@ def test_mismatched_lengths_are_rejected() -> None:
             bids=np.ones(2),
             imp_ids=[None],
             deal_ids=[None],
-            crids=["cr"],
         )
 
 
@@ -243,3 +269,81 @@ def test_no_candidates_and_no_imps() -> None:
     elig = build_eligibility([], [Ad("a")])
     assert elig.eligible.shape == (0, 1)
     assert elig.drop_reasons() == [NEI]
+
+
+# ---------------------------------------------------------------- against a plain-Python reference
+
+
+def _reference(
+    imps: list[Impression], ads: list[Ad], badv: list[str], bcat: list[str]
+) -> tuple[list[list[bool]], list[LossReason | None]]:
+    """The module's rules, one (imp, candidate) pair at a time."""
+    table = CurrencyTable.default()
+    blocked_domains = {domain.lower() for domain in badv}
+
+    def category_blocked(ad: Ad) -> bool:
+        return any(code in bcat or code.partition("-")[0] in bcat for code in ad.categories)
+
+    def deal(imp: Impression, ad: Ad) -> Deal | None:
+        return imp.deals.get(ad.deal_id) if ad.deal_id else None
+
+    def takes(imp: Impression, ad: Ad) -> bool:
+        listed = ad.imp_ids is None or imp.id in ad.imp_ids
+        return listed and (not imp.private_auction or deal(imp, ad) is not None)
+
+    def clears_floor(imp: Impression, ad: Ad) -> bool:
+        terms = deal(imp, ad) or Deal(imp.bidfloor, imp.bidfloorcur)
+        floor = table.to_usd(terms.bidfloor, terms.bidfloorcur)
+        return 0.0 < ad.bid < math.inf and ad.bid >= floor - eligibility.FLOOR_TOLERANCE_USD
+
+    eligible: list[list[bool]] = [[] for _ in imps]
+    reasons: list[LossReason | None] = []
+    for ad in ads:
+        blocked = (ad.advertiser or f"{ad.ad_id}.com").lower() in blocked_domains or category_blocked(ad)
+        for i, imp in enumerate(imps):
+            eligible[i].append(not blocked and takes(imp, ad) and clears_floor(imp, ad))
+        if (ad.advertiser or f"{ad.ad_id}.com").lower() in blocked_domains:
+            reasons.append(BA)
+        elif category_blocked(ad):
+            reasons.append(BC)
+        elif not any(takes(imp, ad) for imp in imps):
+            reasons.append(NEI)
+        elif not any(row[-1] for row in eligible):
+            reasons.append(BF)
+        else:
+            reasons.append(None)
+    return eligible, reasons
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_matches_reference_on_random_requests(seed: int) -> None:
+    rng = random.Random(seed)
+    imps = [
+        Impression(
+            f"i{i}",
+            bidfloor=rng.choice([0.0, 0.5, 1.0]),
+            bidfloorcur=rng.choice(["USD", "EUR"]),
+            private_auction=rng.random() < 0.2,
+            deals={
+                d: Deal(rng.choice([0.0, 1.5]), "GBP") for d in rng.sample(["D1", "D2"], rng.randint(0, 2))
+            },
+        )
+        for i in range(rng.choice([1, 1, 2, 3]))
+    ]
+    ads = [
+        Ad(
+            f"ad{c}",
+            bid=rng.choice([0.0, 0.25, 0.5, 1.0, 2.0, math.nan, math.inf]),
+            advertiser=rng.choice(["x.com", "X.COM", "y.com", ""]),
+            categories=tuple(rng.sample(["IAB1", "IAB1-2", "IAB25-3", "IAB2"], rng.randint(0, 2))),
+            imp_ids=rng.choice([None, None, ("i0",), ("i1", "i2"), ("i9",), ()]),
+            deal_id=rng.choice([None, None, "D1", "D2", ""]),
+        )
+        for c in range(rng.randint(0, 12))
+    ]
+    badv = rng.sample(["x.com", "Y.COM"], rng.randint(0, 1))
+    bcat = rng.sample(["IAB1", "IAB25", "IAB2-1"], rng.randint(0, 2))
+    elig = build_eligibility(imps, ads, badv=badv, bcat=bcat)
+    eligible, reasons = _reference(imps, ads, badv, bcat)
+    assert elig.eligible.tolist() == eligible
+    assert elig.drop_reasons() == reasons
