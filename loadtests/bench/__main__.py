@@ -110,6 +110,15 @@ def _check_answers(arms: list[ArmResult]) -> dict[str, bool]:
     return verdict
 
 
+def _previous_results(path: Path) -> dict[str, Any] | None:
+    """The full (not --tiny) results this run is about to replace, if any and readable."""
+    try:
+        document: dict[str, Any] = orjson.loads(path.read_bytes())
+    except (OSError, orjson.JSONDecodeError):
+        return None
+    return None if document.get("meta", {}).get("tiny") else document
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
@@ -157,9 +166,10 @@ def main(argv: list[str] | None = None) -> int:
         "answers_match_gateway": _check_answers(arms),
     }
     log.info("server and Triton logs of this run: %s", log_dir)
+    previous = _previous_results(args.results)
     document = write_json(args.results, arms, config, meta)
     plots = write_plots(args.img_dir, arms, config)
-    write_markdown(args.report, document, arms, config, plots, args.results)
+    write_markdown(args.report, document, arms, config, plots, args.results, previous)
     sys.stdout.write(orjson.dumps(ratios(arms), option=orjson.OPT_INDENT_2).decode() + "\n")
     log.info("wrote %s, %s and %s", args.results, args.report, ", ".join(str(p) for p in plots.values()))
     return 0

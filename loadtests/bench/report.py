@@ -16,6 +16,7 @@ import matplotlib.pyplot as plt
 
 from gateway.local_triton import REPO_ROOT
 from loadtests.bench.runner import ArmResult, BenchConfig, StepResult
+from loadtests.bench.targets import changes, target_checks
 
 __all__ = ["ratios", "write_json", "write_markdown", "write_plots"]
 
@@ -164,6 +165,40 @@ def _us(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.0f}"
 
 
+def _targets_section(document: dict[str, Any]) -> list[str]:
+    verdicts = {True: "met", False: "**not met**", None: "not measured"}
+    return [
+        "## Targets",
+        "",
+        "| target | bound | this run | verdict |",
+        "| --- | ---: | ---: | --- |",
+        *(
+            f"| {c.name} | {c.target} | {_fmt(c.measured, c.unit)} | {verdicts[c.met]} |"
+            for c in target_checks(document)
+        ),
+        "",
+    ]
+
+
+def _changes_section(previous: dict[str, Any] | None, document: dict[str, Any]) -> list[str]:
+    if previous is None:
+        return []
+    when = previous.get("meta", {}).get("started_at", "unknown date")
+    return [
+        "## Since the previous run",
+        "",
+        f"Against the results this run replaced ({when}); same machine class, so the noise above applies.",
+        "",
+        "| number | before | now |",
+        "| --- | ---: | ---: |",
+        *(
+            f"| {c.name} | {_fmt(c.before, c.unit)} | {_fmt(c.now, c.unit)} |"
+            for c in changes(previous, document)
+        ),
+        "",
+    ]
+
+
 def _row(arm: ArmResult, step: StepResult | None) -> str:
     if step is None:
         return f"| {arm.name} | did not pass at the first rate | | | | | | |"
@@ -182,7 +217,9 @@ def write_markdown(  # noqa: PLR0917 - one caller, every input named
     config: BenchConfig,
     plots: dict[str, Path],
     json_path: Path,
+    previous: dict[str, Any] | None = None,
 ) -> None:
+    """`previous`: the results document this run replaces, for a section on what changed since."""
     meta, r = document["meta"], document["ratios"]
     header = (
         "| system | bids/s | p50 ms | p99 ms | server CPU us/bid | Triton CPU us/bid | generator CPU us/bid "
@@ -216,6 +253,8 @@ def write_markdown(  # noqa: PLR0917 - one caller, every input named
         f"**{_fmt(r.get('gateway_added_p50_ms_at_fixed'), ' ms')}**, p99 "
         f"{_fmt(r.get('gateway_added_p99_ms_at_fixed'), ' ms')}",
         "",
+        *_targets_section(document),
+        *_changes_section(previous, document),
         f"## Max throughput with p99 <= {config.p99_bound_ms:g} ms",
         "",
         "The highest passing step of a ladder of offered rates (x"

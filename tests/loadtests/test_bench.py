@@ -57,5 +57,7 @@ def test_tiny_bench_writes_results_report_and_plots(triton: LocalTriton, tmp_pat
     assert all(document["meta"]["answers_match_gateway"].values())
     report = (tmp_path / "benchmarks.md").read_text()
     assert "Headline ratios" in report
+    assert "## Targets" in report
+    assert "## Since the previous run" not in report  # nothing was there before this run
     assert (tmp_path / "img" / "bench_latency.png").stat().st_size > 0
     assert (tmp_path / "img" / "bench_cpu.png").stat().st_size > 0
