@@ -46,7 +46,10 @@ class Settings(BaseSettings):
 
     # Micro-batcher: coalesces concurrent bids of one worker into one Triton request.
     batch_max_rows: int = Field(2048, ge=1, le=4096)
-    batch_max_wait_us: int = Field(500, ge=0, le=50_000)
+    # 0: a batch leaves on the next loop iteration, with every bid that arrived in the same tick; under load
+    # the concurrency cap makes batches grow by themselves. A wait costs every unmerged bid that long, and
+    # uvloop's timers are whole milliseconds: 500 us measured as +1.1 ms p50 and +170 us CPU per bid.
+    batch_max_wait_us: int = Field(0, ge=0, le=50_000)
     batch_concurrency: int = Field(4, ge=1)
     batch_upstream_latency_us: int = Field(2_000, ge=0)
 
