@@ -2,8 +2,8 @@
 
 Why: profiled at 50 candidates, FastAPI's Request/Response objects, routing and its middleware stack
 (server errors, telemetry, body limit, request id, the instrumentator) cost about 180 us of CPU per bid,
-more than the whole data plane now costs. So this endpoint does, for the one hot route, exactly what those layers
-did for it and nothing else:
+more than the whole data plane now costs. So this endpoint does, for the one hot route, exactly what
+those layers did for it and nothing else:
   * X-Request-ID in (when it is a sane token) and out, set for every log line of the bid;
   * `http_requests_total` / `http_request_duration_seconds` with handler="/v1/bid", in the families the
     instrumentator's middleware records every other route into (`HttpMetrics`): dashboards and SLO rules

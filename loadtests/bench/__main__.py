@@ -42,6 +42,7 @@ TINY = {
     "warmup_s": 0.3,
     "fixed_rate": 40.0,
     "fixed_s": 0.6,
+    "paired_rounds": 1,
     "settle_s": 0.1,
     "recover_s": 0.2,
 }
@@ -66,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--step-s", type=float, default=defaults.step_s)
     p.add_argument("--fixed-rate", type=float, default=defaults.fixed_rate)
     p.add_argument("--fixed-s", type=float, default=defaults.fixed_s)
+    p.add_argument(
+        "--paired-rounds",
+        type=int,
+        default=defaults.paired_rounds,
+        help="rounds of direct vs gateway alternating at the fixed rate (0: none)",
+    )
     p.add_argument("--kserve-python", type=Path, default=REPO_ROOT / ".venv-kserve" / "bin" / "python")
     p.add_argument("--triton-grpc-url", help="use this running Triton instead of starting one")
     p.add_argument("--triton-pid", type=int, help="its pid (for its CPU time); with --triton-grpc-url")
@@ -135,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         step_s=args.step_s,
         fixed_rate=args.fixed_rate,
         fixed_s=args.fixed_s,
+        paired_rounds=args.paired_rounds,
         kserve_python=args.kserve_python,
         log_dir=log_dir,
     )

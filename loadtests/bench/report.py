@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")  # files only; no display on a server
 import matplotlib.pyplot as plt
@@ -57,7 +58,15 @@ def ratios(arms: Sequence[ArmResult]) -> dict[str, float | None]:
             _cpu(gateway.fixed if gateway else None, "server"),
         ),
     }
-    if gateway and direct and gateway.fixed and direct.fixed:
+    if gateway and gateway.paired:
+        # The median of paired differences: each round's direct and gateway runs are seconds apart.
+        out["gateway_added_p50_ms_at_fixed"] = round(
+            float(np.median([g.p50_ms - d.p50_ms for d, g in gateway.paired])), 2
+        )
+        out["gateway_added_p99_ms_at_fixed"] = round(
+            float(np.median([g.p99_ms - d.p99_ms for d, g in gateway.paired])), 2
+        )
+    elif gateway and direct and gateway.fixed and direct.fixed:
         out["gateway_added_p50_ms_at_fixed"] = round(gateway.fixed.p50_ms - direct.fixed.p50_ms, 2)
         out["gateway_added_p99_ms_at_fixed"] = round(gateway.fixed.p99_ms - direct.fixed.p99_ms, 2)
     return out
@@ -75,6 +84,7 @@ def _arm_json(arm: ArmResult) -> dict[str, Any]:
         "max_throughput_within_p99_bound": step(arm.best),
         "fixed_rate": step(arm.fixed),
         "steps": [step(s) for s in arm.steps],
+        "paired_with_direct": [{"direct": step(d), "gateway": step(g)} for d, g in arm.paired],
         "note": arm.note,
     }
 
@@ -165,6 +175,40 @@ def _us(value: float | None) -> str:
     return "n/a" if value is None else f"{value:,.0f}"
 
 
+def _paired_gateway(arms: Sequence[ArmResult]) -> ArmResult | None:
+    return next((a for a in arms if a.name == "gateway" and a.paired), None)
+
+
+def _paired_note(arms: Sequence[ArmResult]) -> str:
+    gateway = _paired_gateway(arms)
+    if gateway is None:
+        return " (two separate runs: see the fixed-rate table)"
+    return f" (median of {len(gateway.paired)} paired rounds, below)"
+
+
+def _paired_section(arms: Sequence[ArmResult], config: BenchConfig) -> list[str]:
+    gateway = _paired_gateway(arms)
+    if gateway is None:
+        return []
+    return [
+        "## Latency added over direct Triton, paired",
+        "",
+        f"Direct Triton and the gateway alternate at {config.fixed_rate:g} bids/s, {config.fixed_s:g} s "
+        "each, the same arrival seed within a round; the headline is the median of the per-round "
+        "differences. Separate runs minutes apart differ here by as much as the difference itself.",
+        "",
+        "| round | direct p50 ms | gateway p50 ms | added p50 ms | direct p99 ms | gateway p99 ms "
+        "| added p99 ms |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        *(
+            f"| {i} | {d.p50_ms:.2f} | {g.p50_ms:.2f} | {g.p50_ms - d.p50_ms:.2f} | {d.p99_ms:.2f} | "
+            f"{g.p99_ms:.2f} | {g.p99_ms - d.p99_ms:.2f} |"
+            for i, (d, g) in enumerate(gateway.paired, start=1)
+        ),
+        "",
+    ]
+
+
 def _targets_section(document: dict[str, Any]) -> list[str]:
     verdicts = {True: "met", False: "**not met**", None: "not measured"}
     return [
@@ -251,9 +295,11 @@ def write_markdown(  # noqa: PLR0917 - one caller, every input named
         f"**{_fmt(r.get('kserve_vs_gateway_server_cpu_per_bid_at_fixed'), 'x')}**",
         f"- gateway latency added over direct Triton at {config.fixed_rate:g}/s: p50 "
         f"**{_fmt(r.get('gateway_added_p50_ms_at_fixed'), ' ms')}**, p99 "
-        f"{_fmt(r.get('gateway_added_p99_ms_at_fixed'), ' ms')}",
+        f"{_fmt(r.get('gateway_added_p99_ms_at_fixed'), ' ms')}"
+        f"{_paired_note(arms)}",
         "",
         *_targets_section(document),
+        *_paired_section(arms, config),
         *_changes_section(previous, document),
         f"## Max throughput with p99 <= {config.p99_bound_ms:g} ms",
         "",

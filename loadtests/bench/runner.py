@@ -4,6 +4,8 @@ Per arm: a short warm-up, then a ladder of offered rates (x `growth` per step) u
 (or errors, or the generator's backlog does not drain), then `refine` bisection steps between the last
 passing and the first failing rate; then a run at the fixed offered rate shared by all arms. Every step
 records latency percentiles of the successful bids and the CPU each process spent per successful bid.
+With the direct arm in the run, the gateway arm ends with paired rounds: direct Triton and the gateway
+alternate at the fixed rate, for the latency the gateway adds (see `_paired_rounds`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import logging
 import os
 import time
 import urllib.request
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +57,9 @@ class BenchConfig:
     warmup_s: float = 1.5
     fixed_rate: float = 100.0  # below every arm's limit here (KServe's is ~130/s)
     fixed_s: float = 5.0
+    # Rounds of (direct, gateway) alternating at the fixed rate, for the latency the gateway adds: a
+    # difference of two separate runs minutes apart is as noisy as the difference itself here.
+    paired_rounds: int = 4
     settle_s: float = 0.5  # idle time between steps, so one step's tail does not land in the next
     recover_s: float = 2.0  # idle time after a failing (overloaded) step
     kserve_python: Path = REPO_ROOT / ".venv-kserve" / "bin" / "python"
@@ -92,6 +97,8 @@ class ArmResult:
     note: str = ""
     # The auction outcome (imp, ad, price) of the first requests: arms doing the same work must agree.
     answers: list[list[tuple[str, str, float]] | int] = field(default_factory=list)
+    # gateway only, with the direct arm in the run: per paired round, (direct, gateway) at the fixed rate.
+    paired: list[tuple[StepResult, StepResult]] = field(default_factory=list)
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,15 +220,13 @@ def assembled_rows(
     return rows
 
 
-async def _direct_arm(
+@contextlib.asynccontextmanager
+async def _direct_steps(
     triton: TritonTarget,
     rows: Sequence[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]],
     config: BenchConfig,
-) -> ArmResult:
-    arm = ArmResult(
-        "direct",
-        "async tritonclient (gRPC) in the generator: the already-assembled rows, one request per bid",
-    )
+) -> AsyncIterator[StepFn]:
+    """Open-loop steps of async tritonclient calls with the already-assembled rows, one call per bid."""
     inputs = []
     for cat, dense in rows:
         cat_input = tritonclient.InferInput(feature_spec.INPUT_CAT, list(cat.shape), "INT64")
@@ -241,15 +246,66 @@ async def _direct_arm(
         return await run_call_step(call, rate=rate, duration_s=seconds, seed=seed)
 
     try:
-        await _ladder(arm, step, {"triton": triton.pid, "generator": os.getpid()}, config)
+        yield step
     finally:
         await client.close()
+
+
+async def _direct_arm(
+    triton: TritonTarget,
+    rows: Sequence[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]],
+    config: BenchConfig,
+) -> ArmResult:
+    arm = ArmResult(
+        "direct",
+        "async tritonclient (gRPC) in the generator: the already-assembled rows, one request per bid",
+    )
+    async with _direct_steps(triton, rows, config) as step:
+        await _ladder(arm, step, {"triton": triton.pid, "generator": os.getpid()}, config)
     return arm
 
 
+async def _paired_rounds(
+    arm: ArmResult,
+    gateway_step: StepFn,
+    direct_step: StepFn,
+    pids: dict[str, int],
+    config: BenchConfig,
+) -> None:
+    """Direct Triton and the gateway alternate at the fixed rate, `paired_rounds` times, on the same seed
+    per round: machine noise that drifts over minutes lands on both sides of each difference."""
+    direct_pids = {role: pid for role, pid in pids.items() if role != "server"}
+    for round_index in range(config.paired_rounds):
+        seed = 500 + round_index
+        direct_samples, direct_cpu = await _measure(
+            direct_step, config.fixed_rate, config.fixed_s, seed, direct_pids
+        )
+        await asyncio.sleep(config.settle_s)
+        gateway_samples, gateway_cpu = await _measure(
+            gateway_step, config.fixed_rate, config.fixed_s, seed, pids
+        )
+        await asyncio.sleep(config.settle_s)
+        direct, gateway = (
+            _step_result(direct_samples, direct_cpu, config),
+            _step_result(gateway_samples, gateway_cpu, config),
+        )
+        arm.paired.append((direct, gateway))
+        log.info(
+            "paired round %d: p50 direct %.2f gateway %.2f ms", round_index + 1, direct.p50_ms, gateway.p50_ms
+        )
+
+
 async def _http_arm(
-    arm: ArmResult, server: Server, bodies: Sequence[bytes], triton: TritonTarget, config: BenchConfig
+    arm: ArmResult,
+    server: Server,
+    bodies: Sequence[bytes],
+    triton: TritonTarget,
+    config: BenchConfig,
+    *,
+    direct_rows: Sequence[tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]] = (),
 ) -> ArmResult:
+    """The HTTP arm's ladder; with `direct_rows` (the gateway arm of a run with the direct arm), then the
+    paired rounds against direct Triton."""
     payloads = [http_request_bytes(server.bid_path, body) for body in bodies]
 
     async def step(rate: float, seconds: float, seed: int) -> StepSamples:
@@ -260,6 +316,10 @@ async def _http_arm(
     arm.answers = await asyncio.to_thread(_answers, server, bodies[:ANSWER_CHECKS])
     pids = {"server": server.pid, "triton": triton.pid, "generator": os.getpid()}
     await _ladder(arm, step, pids, config)
+    if direct_rows and config.paired_rounds:
+        await asyncio.sleep(config.recover_s)  # the ladder ended on an overloaded step
+        async with _direct_steps(triton, direct_rows, config) as direct_step:
+            await _paired_rounds(arm, step, direct_step, pids, config)
     return arm
 
 
@@ -322,13 +382,17 @@ def _run_arm(
     config: BenchConfig,
 ) -> ArmResult:
     if arm == "direct":
-        # grpc.aio wants asyncio's own loop; the HTTP arms get uvloop (a cheaper generator).
-        return asyncio.run(_direct_arm(triton, rows, config))
+        # uvloop like the gateway's own gRPC client, so the ceiling is not handicapped by a slower loop
+        # (measured: one tritonclient.aio call ~350 us of CPU on uvloop, ~400 us on asyncio's loop).
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as run:
+            return run.run(_direct_arm(triton, rows, config))
     with (
         _server_for(arm, triton, config) as server,
         asyncio.Runner(loop_factory=uvloop.new_event_loop) as run,
     ):
-        return run.run(_http_arm(ArmResult(arm, _DESCRIPTIONS[arm]), server, bodies, triton, config))
+        paired_rows = rows if arm == "gateway" else ()
+        result = ArmResult(arm, _DESCRIPTIONS[arm])
+        return run.run(_http_arm(result, server, bodies, triton, config, direct_rows=paired_rows))
 
 
 @contextlib.contextmanager

@@ -58,6 +58,11 @@ def test_tiny_bench_writes_results_report_and_plots(triton: LocalTriton, tmp_pat
     report = (tmp_path / "benchmarks.md").read_text()
     assert "Headline ratios" in report
     assert "## Targets" in report
+    gateway = next(arm for arm in document["arms"] if arm["name"] == "gateway")
+    [paired] = gateway["paired_with_direct"]  # --tiny: one round
+    assert paired["direct"]["bids"] > 0
+    assert paired["gateway"]["bids"] > 0
+    assert "## Latency added over direct Triton, paired" in report
     assert "## Since the previous run" not in report  # nothing was there before this run
     assert (tmp_path / "img" / "bench_latency.png").stat().st_size > 0
     assert (tmp_path / "img" / "bench_cpu.png").stat().st_size > 0
