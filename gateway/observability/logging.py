@@ -63,10 +63,10 @@ class RequestIdMiddleware:
 
 def new_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str:
     """The caller's X-Request-ID when it is a sane token, else 128 random bits as hex."""
-    return incoming_request_id(headers) or os.urandom(16).hex()
+    return _incoming_request_id(headers) or os.urandom(16).hex()
 
 
-def incoming_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
+def _incoming_request_id(headers: Iterable[tuple[bytes, bytes]]) -> str | None:
     for name, value in headers:
         if name == REQUEST_ID_HEADER_BYTES:
             return value.decode("latin-1") if _VALID_ID.fullmatch(value) else None

@@ -167,6 +167,28 @@ def start_gateway(
     )
 
 
+def start_http_floor(
+    *, log_dir: Path, startup_timeout_s: float = 30.0
+) -> contextlib.AbstractContextManager[Server]:
+    """uvicorn serving `loadtests.http_floor` (no work per request), with the gateway's loop and parser."""
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "uvicorn",
+        "loadtests.http_floor:app",
+        "--host=127.0.0.1",
+        f"--port={port}",
+        "--loop=uvloop",
+        "--http=httptools",
+        "--no-access-log",
+        "--log-level=warning",
+    ]
+    return _serving(
+        "http-floor", command, os.environ, port, "/v1/bid", "/healthz", log_dir, startup_timeout_s
+    )
+
+
 def start_kserve(
     python: Path,
     triton_grpc_url: str,

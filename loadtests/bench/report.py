@@ -17,12 +17,13 @@ import matplotlib.pyplot as plt
 
 from gateway.local_triton import REPO_ROOT
 from loadtests.bench.runner import ArmResult, BenchConfig, StepResult
-from loadtests.bench.targets import changes, target_checks
+from loadtests.bench.targets import changes, fixed_rate_p50, target_checks
 
 __all__ = ["ratios", "write_json", "write_markdown", "write_plots"]
 
 _COLOURS = {
     "direct": "#4c72b0",
+    "http-floor": "#937860",
     "gateway": "#55a868",
     "gateway-w2": "#8172b2",
     "kserve": "#c44e52",
@@ -220,6 +221,19 @@ def _targets_section(document: dict[str, Any]) -> list[str]:
             f"| {c.name} | {c.target} | {_fmt(c.measured, c.unit)} | {verdicts[c.met]} |"
             for c in target_checks(document)
         ),
+        "",
+        *_floor_note(document),
+    ]
+
+
+def _floor_note(document: dict[str, Any]) -> list[str]:
+    floor, direct = fixed_rate_p50(document, "http-floor"), fixed_rate_p50(document, "direct")
+    if floor is None:
+        return []
+    return [
+        f"For scale: the http-floor arm, one HTTP round trip to uvicorn with no work behind it, has a p50 "
+        f"of {floor:.2f} ms at the fixed rate (direct Triton: {_fmt(direct, ' ms')}). Any HTTP gateway in "
+        "Python pays that hop on this machine before it does any work.",
         "",
     ]
 

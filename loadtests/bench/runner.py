@@ -34,19 +34,21 @@ from gateway.local_triton import REPO_ROOT, LocalTriton, free_ports
 from gateway.openrtb import BidRequest
 from gateway.stores.embedded import EmbeddedFeatureStore
 from loadtests.bench.openloop import StepSamples, http_request_bytes, run_call_step, run_http_step
-from loadtests.bench.processes import Server, start_gateway, start_kserve, tree_cpu
+from loadtests.bench.processes import Server, start_gateway, start_http_floor, start_kserve, tree_cpu
 from loadtests.workload import DEFAULT_SNAPSHOTS
 
 log = logging.getLogger(__name__)
 
 __all__ = ["ArmResult", "BenchConfig", "StepResult", "TritonTarget", "run_bench"]
 
-ARMS = ("direct", "gateway", "gateway-w2", "kserve", "kserve-default-logging")
+ARMS = ("direct", "http-floor", "gateway", "gateway-w2", "kserve", "kserve-default-logging")
+# Arms that run no auction: nothing to compare with the gateway's answers.
+_NO_AUCTION = frozenset({"http-floor"})
 
 
 @dataclass(frozen=True, slots=True)
 class BenchConfig:
-    arms: tuple[str, ...] = ("direct", "gateway", "gateway-w2", "kserve")
+    arms: tuple[str, ...] = ("direct", "http-floor", "gateway", "gateway-w2", "kserve")
     p99_bound_ms: float = 25.0
     max_error_rate: float = 0.01
     start_rate: float = 100.0
@@ -313,7 +315,8 @@ async def _http_arm(
             "127.0.0.1", server.port, payloads, rate=rate, duration_s=seconds, seed=seed
         )
 
-    arm.answers = await asyncio.to_thread(_answers, server, bodies[:ANSWER_CHECKS])
+    if arm.name not in _NO_AUCTION:
+        arm.answers = await asyncio.to_thread(_answers, server, bodies[:ANSWER_CHECKS])
     pids = {"server": server.pid, "triton": triton.pid, "generator": os.getpid()}
     await _ladder(arm, step, pids, config)
     if direct_rows and config.paired_rounds:
@@ -347,6 +350,8 @@ def _answers(server: Server, bodies: Sequence[bytes]) -> list[list[tuple[str, st
 
 
 _DESCRIPTIONS = {
+    "http-floor": "uvicorn (uvloop, httptools) reading and parsing the request with orjson, answering a "
+    "fixed no-bid: the cost of the HTTP hop alone (`loadtests/http_floor.py`)",
     "gateway": "bid-gateway, `python -m gateway serve`, 1 worker (defaults: micro-batcher on)",
     "gateway-w2": "bid-gateway, 2 workers",
     "kserve": "KServe 0.21 transformer (kserve.Model pre/postprocess, grpc-v2 predictor), 1 worker, "
@@ -357,7 +362,10 @@ _DESCRIPTIONS = {
 
 @contextlib.contextmanager
 def _server_for(arm: str, triton: TritonTarget, config: BenchConfig) -> Iterator[Server]:
-    if arm in ("gateway", "gateway-w2"):
+    if arm == "http-floor":
+        with start_http_floor(log_dir=config.log_dir) as server:
+            yield server
+    elif arm in ("gateway", "gateway-w2"):
         with start_gateway(
             triton.grpc_url, workers=2 if arm == "gateway-w2" else 1, log_dir=config.log_dir
         ) as server:

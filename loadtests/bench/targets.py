@@ -56,6 +56,13 @@ def gateway_max_throughput(document: Document) -> float | None:
     return float(best["achieved_rate"]) if best else None
 
 
+def fixed_rate_p50(document: Document, arm_name: str) -> float | None:
+    """An arm's p50 at the fixed rate (ms), None when the arm did not run."""
+    arm = _arm(document, arm_name)
+    fixed = arm["fixed_rate"] if arm else None
+    return float(fixed["p50_ms"]) if fixed else None
+
+
 def _ratio(key: str) -> Callable[[Document], float | None]:
     def read(document: Document) -> float | None:
         value = document.get("ratios", {}).get(key)

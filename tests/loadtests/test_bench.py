@@ -18,7 +18,7 @@ KSERVE_PYTHON = REPO_ROOT / ".venv-kserve" / "bin" / "python"
 
 def test_tiny_bench_writes_results_report_and_plots(triton: LocalTriton, tmp_path: Path) -> None:
     # The KServe arm needs its own venv (make bench builds it); without it the other arms still run.
-    arms = "direct,gateway,kserve" if KSERVE_PYTHON.exists() else "direct,gateway"
+    arms = "direct,http-floor,gateway,kserve" if KSERVE_PYTHON.exists() else "direct,http-floor,gateway"
     assert triton.pid is not None
     result = subprocess.run(
         [
@@ -55,6 +55,7 @@ def test_tiny_bench_writes_results_report_and_plots(triton: LocalTriton, tmp_pat
         assert fixed["errors"] == 0, arm
         assert set(fixed["cpu_us_per_bid"]) >= {"triton", "generator"}
     assert all(document["meta"]["answers_match_gateway"].values())
+    assert "http-floor" not in document["meta"]["answers_match_gateway"]  # it runs no auction
     report = (tmp_path / "benchmarks.md").read_text()
     assert "Headline ratios" in report
     assert "## Targets" in report
@@ -63,6 +64,7 @@ def test_tiny_bench_writes_results_report_and_plots(triton: LocalTriton, tmp_pat
     assert paired["direct"]["bids"] > 0
     assert paired["gateway"]["bids"] > 0
     assert "## Latency added over direct Triton, paired" in report
+    assert "the http-floor arm" in report
     assert "## Since the previous run" not in report  # nothing was there before this run
     assert (tmp_path / "img" / "bench_latency.png").stat().st_size > 0
     assert (tmp_path / "img" / "bench_cpu.png").stat().st_size > 0
