@@ -192,7 +192,8 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
     http_metrics = instrument_http(app, registry)
     app.add_middleware(RequestIdMiddleware)
     app.bid_endpoint = BidEndpoint(lambda: getattr(app.state, "services", None), http_metrics)
-    # Registered for FastAPI's routing only so other methods on the path get 405; POST never gets here.
+    # Registered for FastAPI's routing only so other methods on the path get 405: GatewayApp.__call__ takes
+    # every POST to this path first (the gateway is served at the root; no root_path).
     app.router.routes.append(Route(BID_PATH, app.bid_endpoint, methods=["POST"], include_in_schema=False))
     app.include_router(routes.router)
     app.include_router(events.router)
