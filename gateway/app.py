@@ -37,10 +37,32 @@ from gateway.observability.triton_errors import ErrorCountingScorer
 from gateway.scoring.batcher import MicroBatcher
 from gateway.scoring.breaker import CircuitBreakerScorer
 from gateway.scoring.fallback import PriorScorer
+from gateway.scoring.fleet import TritonFleet
+from gateway.scoring.targets import parse_target
 from gateway.scoring.triton import TritonScorer
 from gateway.services import Services
 from gateway.stores.embedded import EmbeddedFeatureStore
 from gateway.stores.redis_store import RedisFeatureStore
+
+
+def triton_fleet(settings: Settings) -> TritonFleet:
+    """Every Triton server behind `triton_url`, one gRPC channel each (see gateway.scoring.fleet)."""
+
+    def connect(address: str) -> TritonScorer:
+        return TritonScorer(
+            address,
+            model_name=settings.model_name,
+            model_version=settings.model_version,
+            queue_margin_s=settings.batch_upstream_latency_us / 1e6,
+        )
+
+    return TritonFleet(
+        parse_target(settings.triton_url),
+        connect,
+        resolve_interval_s=settings.triton_resolve_interval_s,
+        probe_interval_s=settings.triton_probe_interval_s,
+        eject_after_silent=settings.triton_eject_after_silent,
+    )
 
 
 def pipeline_config(settings: Settings) -> PipelineConfig:
@@ -101,12 +123,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         # Snapshot parsing is CPU work at start-up, off the loop so health probes still answer.
         store, campaign_store = await _open_store(settings)
-        triton = TritonScorer(
-            settings.triton_url,
-            model_name=settings.model_name,
-            model_version=settings.model_version,
-            queue_margin_s=settings.batch_upstream_latency_us / 1e6,
-        )
+        triton = triton_fleet(settings)
         await triton.start()
         breaker = CircuitBreakerScorer(
             triton,
@@ -145,6 +162,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
             scorer=batcher,
             pipeline=pipeline,
             max_inflight_bids=settings.max_inflight_bids,
+            bids_without_model=fallback is not None,
             tally=BidTally(),
             bid_log=BidLog(settings.log_bid_sample_rate),
             ledger=campaign_store.ledger if campaign_store is not None else None,

@@ -8,10 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import AliasChoices, Field, model_validator
+from pydantic import AliasChoices, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.core.currency import DEFAULT_RATES_PER_USD
+from gateway.scoring.targets import parse_target
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -40,7 +41,20 @@ class Settings(BaseSettings):
     )
 
     # Triton
-    triton_url: str = Field("127.0.0.1:8001", description="Triton gRPC address host:port")
+    triton_url: str = Field(
+        "127.0.0.1:8001",
+        description="Triton gRPC target: host:port, dns:///name:port (every address of the name, e.g. a "
+        "headless Service), dns://dns-server:53/name:port, ipv4:a:port,b:port (gateway/scoring/targets.py)",
+    )
+    triton_resolve_interval_s: float = Field(
+        10.0, gt=0, le=300, description="re-resolve a Triton name this often: new pods get calls within it"
+    )
+    triton_probe_interval_s: float = Field(
+        0.5, gt=0, le=60, description="ask an ejected Triton server this often whether its model is ready"
+    )
+    triton_eject_after_silent: int = Field(
+        3, ge=1, description="calls in a row a Triton server leaves unanswered before it is ejected"
+    )
     model_name: str = "ranker"
     model_version: str = Field("1", description="model version to score with ('' = Triton's choice)")
 
@@ -104,6 +118,12 @@ class Settings(BaseSettings):
     pacing_hourly_weights: tuple[float, ...] = Field(
         (1.0,) * 24, description="24 UTC-hour traffic weights shaping the planned spend curve"
     )
+
+    @field_validator("triton_url")
+    @classmethod
+    def _triton_target(cls, value: str) -> str:
+        parse_target(value)  # a typo fails at start, naming the problem, not at the first bid
+        return value
 
     @model_validator(mode="after")
     def _check(self) -> Self:

@@ -7,10 +7,13 @@ GatewayError
 │   ├── InvalidRequest         well-formed but breaks a rule the gateway relies on (422)
 │   └── RequestTooLarge        body, imp or candidate count over a configured limit (413)
 ├── ScoringError               Triton could not score in time
-│   ├── ScoringUnavailable     unreachable, model not ready, breaker open
+│   ├── ScoringUnavailable     model not ready, bad answer, breaker open, no healthy Triton
+│   │   └── ScoringUnreachable the one Triton called could not be reached (connection refused/lost)
 │   └── ScoringTimeout         the request's deadline passed before Triton answered
+│       └── ScoringNoAnswer    the call was sent and the server stayed silent to the end (hung or drowning)
 ├── Overloaded                 admission control: too many bids in flight in this worker (503)
 ├── StoreError                 a feature/ad store backend failed
+├── DiscoveryError             the Triton name did not resolve (the fleet keeps the addresses it had)
 └── LocalTritonError           the local Triton launcher could not bring the server up (CLI only)
 """
 
@@ -55,8 +58,18 @@ class ScoringUnavailable(ScoringError):
     """Triton is unreachable, the model is not ready, or the breaker is open."""
 
 
+class ScoringUnreachable(ScoringUnavailable):
+    """gRPC UNAVAILABLE from one Triton: no connection, or it dropped. The request did not run there, so
+    another server may take it at once (the fleet retries it and ejects that server)."""
+
+
 class ScoringTimeout(ScoringError):
     """The deadline passed before Triton answered."""
+
+
+class ScoringNoAnswer(ScoringTimeout):
+    """gRPC DEADLINE_EXCEEDED: sent, never answered. Unlike Triton dropping a request from its queue (a
+    live server, busy), repeated silence is how a hung server looks, so the fleet counts it per server."""
 
 
 class Overloaded(GatewayError):
@@ -65,6 +78,10 @@ class Overloaded(GatewayError):
 
 class StoreError(GatewayError):
     """A feature or ad store backend failed."""
+
+
+class DiscoveryError(GatewayError):
+    """Resolving the Triton target's name failed or gave no address."""
 
 
 class LocalTritonError(GatewayError):

@@ -19,6 +19,8 @@ class Services:
     scorer: Scorer  # what the pipeline calls: the micro-batcher over the breaker over Triton
     pipeline: BidPipeline
     max_inflight_bids: int
+    # Fallback scoring is on: with Triton down this worker still bids (on priors), so it stays ready.
+    bids_without_model: bool = False
     tally: BidTally = field(default_factory=BidTally)  # per-bid metrics, exported by the MetricsExporter
     bid_log: BidLog = field(default_factory=lambda: BidLog(0.0))
     ledger: CampaignLedger | None = None  # campaign state for win notices (redis backend only)
@@ -30,4 +32,5 @@ class Services:
         self.draining = True
 
     async def scorer_ready(self) -> bool:
+        """Whether some Triton server reports the model ready (asks them: one short call each)."""
         return await self.scorer.ready()

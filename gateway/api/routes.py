@@ -44,12 +44,25 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", summary="Readiness: Triton reachable with the model ready, stores loaded")
-async def readyz(request: Request) -> Response:
+@router.get(
+    "/readyz",
+    summary="Readiness: this replica can answer bids (add ?model=1 to require the model ready on Triton)",
+    description=(
+        "200 when the process serves, its stores are loaded, it is not draining, and it can score: either "
+        "fallback scoring is on (BIDGW_ON_SCORING_FAILURE=priors, the default: a Triton outage degrades "
+        "bids, it does not stop them, so it must not take every replica out of its Service) or some Triton "
+        "server reports the model ready (=nobid). `?model=1` always requires the model ready: the signal "
+        "for dashboards and rollouts, not for the Service's endpoints."
+    ),
+)
+async def readyz(request: Request, model: bool = False) -> Response:
     services: Services = request.app.state.services
     if services.draining:
         return error_response(503, "draining", "shutting down: finishing in-flight bids")
-    checks = {"stores": services.store.ready(), "model": await services.scorer_ready()}
+    checks = {"stores": services.store.ready()}
+    if model or not services.bids_without_model:
+        # Only asked when it decides the answer: a hung Triton must not make the probe itself time out.
+        checks["model"] = await services.scorer_ready()
     if all(checks.values()):
         return Response(b'{"status":"ready"}', media_type="application/json")
     failing = ", ".join(name for name, ok in checks.items() if not ok)

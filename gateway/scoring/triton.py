@@ -28,12 +28,14 @@ from tritonclient.utils import InferenceServerException
 
 from gateway.core import feature_spec
 from gateway.core.ports import Scores
-from gateway.errors import ScoringTimeout, ScoringUnavailable
+from gateway.errors import ScoringNoAnswer, ScoringTimeout, ScoringUnavailable, ScoringUnreachable
 
 # Triton's own words when its queue policy rejects a request whose `timeout` expired before it ran.
 _TRITON_QUEUE_TIMEOUT: Final = "Request timeout expired"
 # tritonclient reports a gRPC failure with status str(grpc.StatusCode.X).
 _DEADLINE_EXCEEDED: Final = "StatusCode.DEADLINE_EXCEEDED"
+# No connection, or it dropped (Triton also says UNAVAILABLE for a model it cannot serve now).
+_UNAVAILABLE: Final = "StatusCode.UNAVAILABLE"
 
 
 def _channel_args(reconnect_backoff_ms: int) -> list[tuple[str, int]]:
@@ -154,10 +156,14 @@ class TritonScorer:
             return False
 
     def _convert(self, exc: InferenceServerException) -> ScoringTimeout | ScoringUnavailable:
+        # Subclasses say what the fleet needs to know: ScoringUnreachable (retry elsewhere, eject now),
+        # ScoringNoAnswer (counts towards ejecting a silent server); the rest is not the server's fault.
         message = exc.message() or ""
         status = exc.status() or ""
         if status == _DEADLINE_EXCEEDED:
-            return ScoringTimeout(f"{self._target} did not answer before the deadline")
+            return ScoringNoAnswer(f"{self._target} did not answer before the deadline")
         if _TRITON_QUEUE_TIMEOUT in message:
             return ScoringTimeout(f"{self._target} dropped the request from its queue: {message}")
+        if status == _UNAVAILABLE:
+            return ScoringUnreachable(f"{self._target} unreachable: {message}")
         return ScoringUnavailable(f"{self._target} failed: {status or 'error'}: {message}")

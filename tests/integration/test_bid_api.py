@@ -196,9 +196,15 @@ def test_triton_unreachable_bids_on_priors_flagged_degraded() -> None:
         winner = next(ad for ad in ads if ad["id"] == bid.adid)
         assert bid.ext.pctr == pytest.approx(winner["prior_ctr"], rel=1e-6)
         assert bid.ext.pcvr == pytest.approx(winner["prior_cvr"], rel=1e-6)
-        ready = client.get("/readyz")
-        assert ready.status_code == 503
-        assert ready.json()["error"]["message"] == "not ready: model"
+        # It can answer bids (on priors), so it stays in its Service; the model's state is its own signal.
+        assert client.get("/readyz").status_code == 200
+        model = client.get("/readyz", params={"model": "1"})
+        assert model.status_code == 503
+        assert model.json()["error"] == {
+            "code": "not_ready",
+            "message": "not ready: model",
+            "field": None,
+        }
 
 
 def test_triton_unreachable_can_answer_no_bid_instead() -> None:
@@ -210,6 +216,17 @@ def test_triton_unreachable_can_answer_no_bid_instead() -> None:
         assert body.seatbid == []
         assert body.ext is not None
         assert body.ext.degraded is True
+        # No-bid on failure: without Triton this replica cannot bid, so it leaves its Service.
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["error"]["message"] == "not ready: model"
+
+
+def test_model_readiness_variant_with_triton_up(gateway: httpx.Client) -> None:
+    assert gateway.get("/readyz", params={"model": "1"}).status_code == 200
+    assert gateway.get("/readyz", params={"model": "0"}).status_code == 200
+    bad = gateway.get("/readyz", params={"model": "perhaps"})
+    assert bad.status_code == 422
 
 
 def expected_rows(request: dict[str, Any], ads: list[dict[str, Any]], hour: int) -> tuple[Any, Any]:
