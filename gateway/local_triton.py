@@ -118,21 +118,26 @@ def free_ports() -> TritonPorts:
     return TritonPorts(http=free_port(), grpc=free_port(), metrics=free_port())
 
 
-def ensure_ports_free(ports: TritonPorts) -> None:
+def ensure_ports_free(ports: TritonPorts, host: str = "0.0.0.0") -> None:  # noqa: S104 - as Triton binds
     for role, port in ports.named().items():
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             # Like Triton itself: a port left in TIME_WAIT is free; only a live listener is "in use".
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
-                sock.bind(("0.0.0.0", port))  # noqa: S104 - Triton binds every interface; so must the probe
+                sock.bind((host, port))
             except OSError as exc:
                 raise LocalTritonError(f"port {port} ({role}) is already in use") from exc
 
 
 def _die_with_parent() -> None:
-    """Runs in the child before exec: if the launcher dies (even SIGKILL), the kernel stops Triton."""
+    """Runs in the child before exec: if the launcher dies (even SIGKILL), the kernel kills Triton.
+
+    SIGKILL, not SIGTERM: a launcher that died without its own cleanup has nobody left waiting for a
+    graceful drain, and a SIGTERMed Triton drains for up to its exit timeout while holding its ports, so
+    an immediate restart failed with "port in use". Its backend stubs notice their parent is gone and
+    exit by themselves; they hold no port."""
     with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def first_error_line(log_text: str) -> str | None:
@@ -155,8 +160,12 @@ class LocalTriton:
         startup_timeout_s: float = 120.0,
         extra_args: tuple[str, ...] = (),
         log_to: Path | None = None,
+        host: str | None = None,
     ) -> None:
+        """`host`: bind every endpoint to this address only (several servers on one port, each on its own
+        loopback address, behind one DNS name); None binds every interface and is reached on 127.0.0.1."""
         self.ports = ports
+        self.host = host
         self.model_repository = model_repository.resolve()
         self.config_name = config_name
         self.startup_timeout_s = startup_timeout_s
@@ -167,16 +176,20 @@ class LocalTriton:
         self._log_file: IO[bytes] | None = None
 
     @property
+    def address(self) -> str:
+        return self.host or "127.0.0.1"
+
+    @property
     def grpc_url(self) -> str:
-        return f"127.0.0.1:{self.ports.grpc}"
+        return f"{self.address}:{self.ports.grpc}"
 
     @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.http}"
+        return f"http://{self.address}:{self.ports.http}"
 
     @property
     def metrics_url(self) -> str:
-        return f"http://127.0.0.1:{self.ports.metrics}/metrics"
+        return f"http://{self.address}:{self.ports.metrics}/metrics"
 
     @property
     def log_path(self) -> Path:
@@ -203,7 +216,7 @@ class LocalTriton:
     def start(self) -> None:
         wheel = TritonWheel.locate()
         models = discover_models(self.model_repository)
-        ensure_ports_free(self.ports)
+        ensure_ports_free(self.ports, *([self.host] if self.host else []))
         self._workdir = Path(tempfile.mkdtemp(prefix="bidgw-triton-"))
         try:
             backends = self._private_backend_dir(wheel, self._workdir)
@@ -220,6 +233,11 @@ class LocalTriton:
                 f"--metrics-port={self.ports.metrics}",
                 "--allow-metrics=true",
                 "--exit-on-error=true",
+                *(
+                    [f"--{kind}-address={self.host}" for kind in ("http", "grpc", "metrics")]
+                    if self.host
+                    else []
+                ),
                 *self.extra_args,
             ]
             log.info("starting %s", " ".join(command))
