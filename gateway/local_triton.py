@@ -149,7 +149,10 @@ def first_error_line(log_text: str) -> str | None:
 
 
 class LocalTriton:
-    """`with LocalTriton(ports) as triton:` a ready Triton; stopped (process group and all) on exit."""
+    """`with LocalTriton(ports) as triton:` a ready Triton; stopped (process group and all) on exit.
+
+    Start it from a thread that outlives it: the kernel sends the parent-death signal when the *thread*
+    that started the server exits, so a server started from a pool thread dies when that thread does."""
 
     def __init__(
         self,
