@@ -175,6 +175,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
                 batcher=batcher.stats,
                 pipeline=pipeline.counters,
                 triton_errors=counted.counts,
+                fleet=triton.stats,
             ),
             inflight=lambda: services.inflight_bids,
             shed=lambda: services.shed_bids,

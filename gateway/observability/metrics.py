@@ -56,6 +56,7 @@ from gateway.core.pipeline import Decision, PipelineCounters
 from gateway.observability.triton_errors import TritonErrorCounts
 from gateway.scoring.batcher import CALLERS_BUCKETS, BatcherStats
 from gateway.scoring.breaker import BreakerState
+from gateway.scoring.fleet import FleetStats
 from gateway.stores.embedded import StoreStats
 
 log = logging.getLogger(__name__)
@@ -173,6 +174,7 @@ class StatsSources:
     batcher: BatcherStats
     pipeline: PipelineCounters
     triton_errors: TritonErrorCounts
+    fleet: FleetStats
 
 
 class GatewayMetrics:
@@ -277,6 +279,35 @@ class GatewayMetrics:
             ["reason"],
             registry=registry,
         )
+        # The Triton fleet as this worker sees it (gateway.scoring.fleet).
+        self.triton_healthy = Gauge(
+            "bidgw_triton_servers_healthy",
+            "Triton servers behind BIDGW_TRITON_URL that get calls; the fewest any live worker sees",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self.triton_ejected = Gauge(
+            "bidgw_triton_servers_ejected",
+            "Triton servers ejected (probed until their model is ready); the most any live worker has",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.triton_ejections = Counter(
+            "bidgw_triton_ejections",
+            "Triton servers ejected: a connection failure, or calls left unanswered to their deadline",
+            registry=registry,
+        )
+        self.triton_retries = Counter(
+            "bidgw_triton_retries",
+            "Triton calls sent again to another server after the first one was unreachable",
+            registry=registry,
+        )
+        self.triton_resolutions = Counter(
+            "bidgw_triton_resolutions",
+            "Re-resolutions of the Triton name by result (ok, failed: the fleet kept its servers)",
+            ["result"],
+            registry=registry,
+        )
         # Create the known label sets at zero: a ratio or rate over them has data before the first event.
         for outcome, degraded in INITIAL_OUTCOMES:
             self.bids.labels(outcome, degraded)
@@ -295,6 +326,7 @@ class GatewayMetrics:
                 ("ad", "miss"),
             )
         }
+        self.resolution_children = {r: self.triton_resolutions.labels(r) for r in ("ok", "failed")}
         self.breaker_state.set(0)
         self.inflight.set(0)
 
@@ -330,6 +362,9 @@ class MetricsExporter:
         m = self._metrics
         m.inflight.set(self._inflight())
         m.breaker_state.set(BREAKER_STATE_CODES.get(self._breaker_state(), 2))
+        fleet = self._sources.fleet
+        m.triton_healthy.set(fleet.healthy)
+        m.triton_ejected.set(fleet.ejected)
 
     async def run(self, interval_s: float) -> None:
         """Export every `interval_s` until cancelled."""
@@ -381,6 +416,12 @@ class MetricsExporter:
         rejected["queue_timeout"].inc(delta("queue_timeouts", batcher.queue_timeouts))
         rejected["queue_full"].inc(delta("queue_full", batcher.queue_full))
         rejected["cancelled"].inc(delta("cancelled", batcher.cancelled))
+        fleet = src.fleet
+        m.triton_ejections.inc(delta("triton_ejections", fleet.ejections))
+        m.triton_retries.inc(delta("triton_retries", fleet.retries))
+        failed = delta("resolution_failures", fleet.resolution_failures)
+        m.resolution_children["ok"].inc(max(0, delta("resolutions", fleet.resolutions) - failed))
+        m.resolution_children["failed"].inc(failed)
         now = list(batcher.callers_per_batch)
         per_bucket = [max(0, a - b) for a, b in zip(now, self._last_callers_per_batch, strict=True)]
         self._last_callers_per_batch = now

@@ -19,6 +19,7 @@ import pytest
 import yaml
 
 from gateway.config import Settings
+from gateway.scoring.targets import parse_target
 from tests.deploy.support import (
     CI_VALUES,
     RULES_FILE,
@@ -51,6 +52,12 @@ def is_crd(obj: Manifest) -> bool:
 def pod_spec(deployment: Manifest) -> dict[str, Any]:
     spec: dict[str, Any] = deployment["spec"]["template"]["spec"]
     return spec
+
+
+def service(objects: list[Manifest], component: str) -> Manifest:
+    """The component's ClusterIP Service (Triton also has a headless one, for the gateway's own balancing)."""
+    [found] = [svc for svc in find(objects, "Service", component) if svc["spec"].get("clusterIP") != "None"]
+    return found
 
 
 def container(deployment: Manifest) -> dict[str, Any]:
@@ -224,8 +231,16 @@ def test_service_monitors_scrape_both_tiers(render: Renderer) -> None:
     assert triton["spec"]["endpoints"][0]["relabelings"] == [{"targetLabel": "job", "replacement": "triton"}]
     for monitor in (gateway, triton):
         assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-        service = one(objects, "Service", monitor["metadata"]["labels"]["app.kubernetes.io/component"])
-        assert monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+        scraped = service(objects, monitor["metadata"]["labels"]["app.kubernetes.io/component"])
+        assert monitor["spec"]["selector"]["matchLabels"].items() <= scraped["metadata"]["labels"].items()
+        # Every Service the monitor selects that has its port is scraped: exactly one, or pods twice.
+        selected = [
+            svc
+            for svc in find(objects, "Service")
+            if monitor["spec"]["selector"]["matchLabels"].items() <= svc["metadata"]["labels"].items()
+            and any(port["name"] == monitor["spec"]["endpoints"][0]["port"] for port in svc["spec"]["ports"])
+        ]
+        assert selected == [scraped]
 
 
 def test_dashboards_ship_as_labelled_configmaps(render: Renderer, chart_dir: Path) -> None:
@@ -280,7 +295,13 @@ def test_gateway_probes_config_and_graceful_termination(render: Renderer) -> Non
     drain, grace = float(data["BIDGW_DRAIN_DELAY_S"]), float(data["BIDGW_SHUTDOWN_GRACE_S"])
     assert pod_spec(gateway)["terminationGracePeriodSeconds"] > math.ceil(drain + grace)
     assert data["BIDGW_HOST"] == "0.0.0.0"
-    assert data["BIDGW_TRITON_URL"] == f"{one(objects, 'Service', 'triton')['metadata']['name']}:8001"
+    headless = next(
+        svc for svc in find(objects, "Service", "triton") if svc["spec"].get("clusterIP") == "None"
+    )
+    namespace = headless["metadata"]["namespace"]
+    assert data["BIDGW_TRITON_URL"] == (
+        f"dns:///{headless['metadata']['name']}.{namespace}.svc.cluster.local:8001"
+    )
     assert "replicas" not in gateway["spec"], "the HPA owns the replica count"
 
 
@@ -322,8 +343,7 @@ def test_triton_gpu_shm_probes_and_service(render: Renderer) -> None:
     assert "--model-control-mode=none" in ctr["args"]
     assert not any(arg.startswith("--model-config-name") for arg in ctr["args"])
     # HTTP (8000) serves the kubelet's probes only: the Service carries gRPC and metrics.
-    service = one(objects, "Service", "triton")
-    assert sorted(port["port"] for port in service["spec"]["ports"]) == [8001, 8002]
+    assert sorted(port["port"] for port in service(objects, "triton")["spec"]["ports"]) == [8001, 8002]
     assert pod["topologySpreadConstraints"]
 
 
@@ -426,3 +446,66 @@ def test_minimal_renders_only_the_gateway(render: Renderer) -> None:
 def test_external_triton_needs_a_url(chart: helm.Chart) -> None:
     with pytest.raises(helm.HelmRenderError, match="tritonUrl"):
         chart.render({"triton": {"enabled": False}}, name="bidgw", namespace="ads")
+
+
+# --- The Triton fleet (issue: many gateways over many Triton pods) ---------------------------------------
+
+
+def test_gateway_reaches_every_triton_pod_through_the_headless_service(render: Renderer) -> None:
+    objects = render.ci("default")
+    triton = one(objects, "Deployment", "triton")
+    [headless] = [svc for svc in find(objects, "Service", "triton") if svc["spec"].get("clusterIP") == "None"]
+    spec = headless["spec"]
+    # One A record per ready pod of this Deployment, on the gRPC port only (metrics stay on the ClusterIP
+    # Service, so no pod is scraped twice).
+    assert spec["selector"].items() <= triton["spec"]["template"]["metadata"]["labels"].items()
+    assert spec["publishNotReadyAddresses"] is False
+    assert spec["ports"] == [
+        {"name": "grpc", "port": 8001, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}
+    ]
+    data = one(objects, "ConfigMap", "gateway")["data"]
+    # The gateway's own parser takes the rendered target as a name to re-resolve, on the configured period.
+    settings = Settings(
+        triton_url=data["BIDGW_TRITON_URL"],
+        triton_resolve_interval_s=data["BIDGW_TRITON_RESOLVE_INTERVAL_S"],
+    )
+    target = parse_target(settings.triton_url)
+    assert target.name is not None
+    assert (
+        target.name.host
+        == f"{headless['metadata']['name']}.{headless['metadata']['namespace']}.svc.cluster.local"
+    )
+    assert target.name.port == 8001
+    assert 0 < settings.triton_resolve_interval_s <= 30
+
+
+def test_triton_caps_grpc_connection_age_for_plain_grpc_clients(render: Renderer) -> None:
+    args = container(one(render.ci("default"), "Deployment", "triton"))["args"]
+    assert "--grpc-max-connection-age=300000" in args
+    assert "--grpc-max-connection-age-grace=10000" in args
+    values = ci_values("default")
+    values.setdefault("triton", {})["grpc"] = {
+        "maxConnectionAgeSeconds": 0,
+        "maxConnectionAgeGraceSeconds": 0,
+    }
+    args = container(one(render(values), "Deployment", "triton"))["args"]
+    assert not any(arg.startswith("--grpc-max-connection-age") for arg in args)
+
+
+def test_cluster_domain_and_an_explicit_target_are_honoured(render: Renderer) -> None:
+    values = ci_values("default")
+    values["clusterDomain"] = "corp.internal"
+    data = one(render(values), "ConfigMap", "gateway")["data"]
+    assert data["BIDGW_TRITON_URL"].endswith(".svc.corp.internal:8001")
+    values["gateway"] = {
+        **values.get("gateway", {}),
+        "config": {"tritonUrl": "ipv4:10.0.0.1:8001,10.0.0.2:8001"},
+    }
+    data = one(render(values), "ConfigMap", "gateway")["data"]
+    assert data["BIDGW_TRITON_URL"] == "ipv4:10.0.0.1:8001,10.0.0.2:8001"
+
+
+def test_gateway_readiness_probe_outlasts_a_model_check(render: Renderer) -> None:
+    # With onScoringFailure=nobid /readyz asks Triton (up to 1 s per server, in parallel).
+    probe = container(one(render.ci("default"), "Deployment", "gateway"))["readinessProbe"]
+    assert probe["timeoutSeconds"] >= 2

@@ -66,12 +66,20 @@ app.kubernetes.io/component: {{ .component }}
 {{- printf "%s:%s" .Values.gateway.image.repository (default .Chart.AppVersion .Values.gateway.image.tag) }}
 {{- end }}
 
-{{/* The Triton gRPC address the gateway dials. */}}
+{{- define "bid-gateway.triton.headlessName" -}}
+{{- printf "%s-headless" (include "bid-gateway.triton.fullname" . | trunc 54 | trimSuffix "-") }}
+{{- end }}
+
+{{/*
+The Triton gRPC target the gateway dials. By default every ready Triton pod, through the headless
+Service's A records (dns:///, fully qualified: no search-domain round trips); the gateway balances calls
+over them and re-resolves on gateway.config.tritonResolveIntervalSeconds (gateway/scoring/fleet.py).
+*/}}
 {{- define "bid-gateway.tritonUrl" -}}
 {{- if .Values.gateway.config.tritonUrl }}
 {{- .Values.gateway.config.tritonUrl }}
 {{- else if .Values.triton.enabled }}
-{{- printf "%s:8001" (include "bid-gateway.triton.fullname" .) }}
+{{- printf "dns:///%s.%s.svc.%s:8001" (include "bid-gateway.triton.headlessName" .) .Release.Namespace .Values.clusterDomain }}
 {{- else }}
 {{- fail "gateway.config.tritonUrl is required when triton.enabled=false" }}
 {{- end }}
