@@ -45,7 +45,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     BIDGW_SNAPSHOT_DIR=/app/data/snapshots
 USER 10001:10001
 EXPOSE 8000
-# Liveness only (the process serves HTTP); readiness (/readyz) depends on Triton and belongs to the orchestrator.
+# Liveness only (the process serves HTTP); readiness (/readyz: can this replica bid) belongs to the orchestrator.
 HEALTHCHECK --interval=10s --timeout=3s --start-period=20s --retries=3 \
     CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('BIDGW_PORT', '8000') + '/healthz', timeout=2)"]
 # Exec form: uvicorn is PID 1 and receives SIGTERM itself (the app turns unready, waits, then drains).
