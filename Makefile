@@ -22,7 +22,7 @@ LOADTEST_USERS ?= 16
 LOADTEST_TIME ?= 60s
 LOADTEST_BID_RATE ?= 5
 
-.PHONY: install system-deps deploy-tools run triton serve test test-fast lint format train loadtest bench clean
+.PHONY: install system-deps deploy-tools run triton serve test test-fast lint format train loadtest bench capacity clean
 
 $(STAMPS):
 	mkdir -p $(STAMPS)
@@ -81,9 +81,15 @@ loadtest: install $(STAMPS)/locust
 		--bid-rate $(LOADTEST_BID_RATE) --csv loadtests/results/locust --html loadtests/results/locust.html
 
 # Direct Triton vs bid-gateway vs a KServe transformer, one run: loadtests/results/bench.json and
-# docs/benchmarks.md with its plots.
+# docs/benchmarks.md with its plots; then the capacity plan that follows from them (docs/capacity.md).
 bench: install $(STAMPS)/kserve
 	$(BIN)/python -m loadtests.bench
+	$(BIN)/python -m loadtests.capacity
+
+# The capacity plan (docs/capacity.md) recomputed from the committed results: bench.json, redis_cost.json
+# (`python -m loadtests.redis_cost`) and, once measured on a GPU node, gpu.json.
+capacity: install
+	$(BIN)/python -m loadtests.capacity
 
 # A local CPU Triton with the committed model, then the gateway on it; Ctrl-C stops both.
 run: install
