@@ -22,7 +22,7 @@ LOADTEST_USERS ?= 16
 LOADTEST_TIME ?= 60s
 LOADTEST_BID_RATE ?= 5
 
-.PHONY: install system-deps deploy-tools run triton serve test test-fast lint format train loadtest bench capacity clean
+.PHONY: install system-deps deploy-tools run triton serve test test-fast lint format train loadtest bench capacity profile clean
 
 $(STAMPS):
 	mkdir -p $(STAMPS)
@@ -85,6 +85,12 @@ loadtest: install $(STAMPS)/locust
 bench: install $(STAMPS)/kserve
 	$(BIN)/python -m loadtests.bench
 	$(BIN)/python -m loadtests.capacity
+
+# The gateway under load with py-spy: loadtests/results/profile.svg (flamegraph) and profile.md (CPU per
+# stage per bid). PROFILE_ARGS, e.g. --rate 600 --protocol http.
+PROFILE_ARGS ?=
+profile: install
+	$(BIN)/python -m loadtests.profile $(PROFILE_ARGS)
 
 # The capacity plan (docs/capacity.md) recomputed from the committed results: bench.json, redis_cost.json
 # (`python -m loadtests.redis_cost`) and, once measured on a GPU node, gpu.json.

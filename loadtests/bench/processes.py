@@ -142,9 +142,15 @@ def _serving(  # noqa: PLR0917 - private; one call per server kind
 
 
 def start_gateway(
-    triton_grpc_url: str, *, workers: int, log_dir: Path, startup_timeout_s: float = 60.0
+    triton_grpc_url: str,
+    *,
+    workers: int,
+    log_dir: Path,
+    startup_timeout_s: float = 60.0,
+    extra_env: Mapping[str, str] | None = None,
 ) -> contextlib.AbstractContextManager[Server]:
-    """`python -m gateway serve` with its defaults (micro-batcher and all), logging at warning."""
+    """`python -m gateway serve` with its defaults (micro-batcher and all), logging at warning;
+    `extra_env`: BIDGW_* settings on top (an arm's variant)."""
     port = free_port()
     env = {
         **os.environ,
@@ -154,6 +160,7 @@ def start_gateway(
         "BIDGW_TRITON_URL": triton_grpc_url,
         "BIDGW_LOG_LEVEL": "warning",
         "BIDGW_STORE_BACKEND": "embedded",
+        **(extra_env or {}),
     }
     return _serving(
         f"gateway-w{workers}",
