@@ -165,5 +165,5 @@ class TritonScorer:
         if _TRITON_QUEUE_TIMEOUT in message:
             return ScoringTimeout(f"{self._target} dropped the request from its queue: {message}")
         if status == _UNAVAILABLE:
-            return ScoringUnreachable(f"{self._target} unreachable: {message}")
+            return ScoringUnreachable(f"{self._target} unreachable: {status}: {message}")
         return ScoringUnavailable(f"{self._target} failed: {status or 'error'}: {message}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import tritonclient.grpc as grpcclient
 
 from gateway.core import feature_spec
-from gateway.errors import ScoringTimeout, ScoringUnavailable
+from gateway.errors import ScoringNoAnswer, ScoringTimeout, ScoringUnavailable, ScoringUnreachable
 from gateway.local_triton import LocalTriton, free_port
 from gateway.scoring.batcher import MicroBatcher
 from gateway.scoring.triton import TritonScorer
@@ -107,7 +108,8 @@ async def test_dead_port_is_unavailable_quickly_and_not_ready(triton: LocalTrito
     ):
         assert await live.ready()
         started = time.monotonic()
-        with pytest.raises(ScoringUnavailable, match=dead_url) as caught:
+        # Unreachable, a ScoringUnavailable the fleet retries elsewhere: the call never ran there.
+        with pytest.raises(ScoringUnreachable, match=dead_url) as caught:
             await dead.score(cat, dense, deadline_in(BUDGET_S))
         assert time.monotonic() - started < 2.0
         assert "UNAVAILABLE" in str(caught.value)
@@ -115,6 +117,21 @@ async def test_dead_port_is_unavailable_quickly_and_not_ready(triton: LocalTrito
         started = time.monotonic()
         assert not await dead.ready()
         assert time.monotonic() - started < 2.0
+
+
+async def test_a_server_that_never_answers_is_no_answer_by_the_deadline() -> None:
+    """A listener that accepts and then says nothing (a hung or SIGSTOPped server): ScoringNoAnswer, the
+    kind the fleet counts towards ejecting a silent server, and never later than the deadline."""
+    cat, dense = random_rows(10, seed=7)
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)
+        url = f"127.0.0.1:{silent.getsockname()[1]}"
+        async with TritonScorer(url) as scorer:
+            started = time.monotonic()
+            with pytest.raises(ScoringNoAnswer, match="did not answer before the deadline"):
+                await scorer.score(cat, dense, deadline_in(0.2))
+            assert time.monotonic() - started < 0.2 + 0.1
 
 
 async def test_score_before_start_is_unavailable() -> None:
