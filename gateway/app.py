@@ -15,6 +15,7 @@ from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from gateway.api import errors, events, routes
+from gateway.api.admission import LoopLagAdmission
 from gateway.api.bid_endpoint import BID_PATH, BidEndpoint
 from gateway.api.decode import RequestLimits
 from gateway.config import Settings
@@ -139,6 +140,11 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
             expected_latency_s=settings.batch_upstream_latency_us / 1e6,
         )
         currencies = CurrencyTable(settings.currency_rates)
+        admission = LoopLagAdmission(
+            target_s=settings.overload_lag_target_ms / 1000.0,
+            interval_s=settings.overload_lag_interval_ms / 1000.0,
+        )
+        admission.start()
         fallback = PriorScorer() if settings.on_scoring_failure == "priors" else None
         pipeline = BidPipeline(
             store,
@@ -163,6 +169,8 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
             pipeline=pipeline,
             max_inflight_bids=settings.max_inflight_bids,
             bids_without_model=fallback is not None,
+            admission=admission,
+            trust_request_start=settings.trust_request_start,
             tally=BidTally(),
             bid_log=BidLog(settings.log_bid_sample_rate),
             ledger=campaign_store.ledger if campaign_store is not None else None,
@@ -176,6 +184,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
                 pipeline=pipeline.counters,
                 triton_errors=counted.counts,
                 fleet=triton.stats,
+                admission=admission.stats,
             ),
             inflight=lambda: services.inflight_bids,
             shed=lambda: services.shed_bids,
@@ -190,6 +199,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
             yield
         finally:
             export_task.cancel()
+            admission.stop()
             with contextlib.suppress(asyncio.CancelledError):
                 await export_task
             await batcher.aclose()

@@ -79,6 +79,18 @@ class Settings(BaseSettings):
     breaker_failure_threshold: int = Field(5, ge=1, description="consecutive failed Triton calls to open")
     breaker_reset_s: float = Field(1.0, gt=0, description="open circuit: seconds before a probe call")
     max_inflight_bids: int = Field(64, ge=1, description="per worker; beyond it a bid is shed (503)")
+    overload_lag_target_ms: float = Field(
+        10.0,
+        ge=0,
+        description="shed (503) while the event loop lags above this for a whole interval: the worker's CPU "
+        "is saturated; 0 turns it off (gateway/api/admission.py)",
+    )
+    overload_lag_interval_ms: float = Field(
+        100.0, gt=0, description="how long the lag must stay above target before shedding starts"
+    )
+    trust_request_start: bool = Field(
+        False, description="count a proxy's X-Request-Start: t=<unix s> age against the bid's budget"
+    )
     auction_reserve_ms: float = Field(2.0, ge=0, description="budget kept back from scoring for the auction")
     shutdown_grace_s: float = Field(10.0, gt=0, description="SIGTERM: in-flight bids get this long")
     drain_delay_s: float = Field(0.0, ge=0, description="SIGTERM: unready this long before closing")

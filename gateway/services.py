@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gateway.api.admission import LoopLagAdmission
 from gateway.api.decode import RequestLimits
 from gateway.core.pipeline import BidPipeline
 from gateway.core.ports import FeatureStore, Scorer
@@ -24,6 +25,9 @@ class Services:
     tally: BidTally = field(default_factory=BidTally)  # per-bid metrics, exported by the MetricsExporter
     bid_log: BidLog = field(default_factory=lambda: BidLog(0.0))
     ledger: CampaignLedger | None = None  # campaign state for win notices (redis backend only)
+    # Sheds while the event loop has a standing queue; its lag counts against each bid's budget.
+    admission: LoopLagAdmission = field(default_factory=lambda: LoopLagAdmission(target_s=0.0))
+    trust_request_start: bool = False  # count a proxy's X-Request-Start age against the budget too
     inflight_bids: int = 0  # one event loop per worker: a plain int is race-free
     shed_bids: int = 0
     draining: bool = False

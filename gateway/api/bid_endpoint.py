@@ -10,7 +10,8 @@ those layers did for it and nothing else:
     are unchanged;
   * the body limit: a declared Content-Length over it is refused before reading, a chunked body as soon
     as it passes it;
-  * admission control: 503 overloaded (Retry-After) before the body is read;
+  * admission control: 503 overloaded (Retry-After) before the body is read, on the in-flight cap or on
+    a standing queue in the event loop (`gateway.api.admission`, whose lag also shortens the budget);
   * every failure as the one JSON error shape (`gateway.api.errors`); an unexpected exception is logged
     with its traceback and answered 500 internal_error, never a bare text 500.
 Every other route (and any other method on this path: 405) still goes through FastAPI.
@@ -107,12 +108,24 @@ class BidEndpoint:
             raise Overloaded(
                 f"{services.inflight_bids} bids in flight in this worker (limit {services.max_inflight_bids})"
             )
+        admission = services.admission
+        if not admission.admit():
+            # The CPU is the bottleneck (the loop itself is queueing): a 503 is the cheapest answer.
+            services.shed_bids += 1
+            raise Overloaded(
+                f"event loop {admission.stats.lag_s * 1000:.1f} ms behind for over "
+                f"{admission.interval_s * 1000:.0f} ms: this worker's CPU is saturated"
+            )
+        # The budget runs from when the bid most likely arrived, not from when this code first saw it.
+        arrived_at = admission.arrival_estimate(
+            received_at, scope["headers"] if services.trust_request_start else None
+        )
         services.inflight_bids += 1
         try:
             body = await _read_body(receive, limit)
             bid_request = decode_bid_request(body, services.limits)
             timings = {"decode": (time.monotonic() - received_at) * 1000.0}
-            decision = await services.pipeline.decide(bid_request, received_at, timings)
+            decision = await services.pipeline.decide(bid_request, arrived_at, timings)
         finally:
             services.inflight_bids -= 1
         encode_at = time.monotonic()

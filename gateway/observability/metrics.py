@@ -51,6 +51,7 @@ from prometheus_fastapi_instrumentator import metrics as http_metrics
 from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
 from starlette.types import ASGIApp
 
+from gateway.api.admission import AdmissionStats
 from gateway.core.eligibility import LOSS_REASONS, NOT_LOST
 from gateway.core.pipeline import Decision, PipelineCounters
 from gateway.observability.triton_errors import TritonErrorCounts
@@ -175,6 +176,7 @@ class StatsSources:
     pipeline: PipelineCounters
     triton_errors: TritonErrorCounts
     fleet: FleetStats
+    admission: AdmissionStats
 
 
 class GatewayMetrics:
@@ -327,6 +329,20 @@ class GatewayMetrics:
             )
         }
         self.resolution_children = {r: self.triton_resolutions.labels(r) for r in ("ok", "failed")}
+        # CPU saturation (gateway.api.admission).
+        self.loop_lag = Gauge(
+            "bidgw_event_loop_lag_seconds",
+            "How late the event loop runs a timer due now: the wait of a request arriving now; the worst "
+            "live worker",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.loop_lag_sheds = Counter(
+            "bidgw_loop_lag_sheds",
+            "Bids shed because the event loop had a standing queue (the worker's CPU saturated); a part of "
+            'bidgw_bids_total{outcome="shed"}',
+            registry=registry,
+        )
         self.breaker_state.set(0)
         self.inflight.set(0)
 
@@ -365,6 +381,7 @@ class MetricsExporter:
         fleet = self._sources.fleet
         m.triton_healthy.set(fleet.healthy)
         m.triton_ejected.set(fleet.ejected)
+        m.loop_lag.set(self._sources.admission.lag_s)
 
     async def run(self, interval_s: float) -> None:
         """Export every `interval_s` until cancelled."""
@@ -416,6 +433,7 @@ class MetricsExporter:
         rejected["queue_timeout"].inc(delta("queue_timeouts", batcher.queue_timeouts))
         rejected["queue_full"].inc(delta("queue_full", batcher.queue_full))
         rejected["cancelled"].inc(delta("cancelled", batcher.cancelled))
+        m.loop_lag_sheds.inc(delta("loop_lag_sheds", src.admission.shed_by_lag))
         fleet = src.fleet
         m.triton_ejections.inc(delta("triton_ejections", fleet.ejections))
         m.triton_retries.inc(delta("triton_retries", fleet.retries))

@@ -87,6 +87,8 @@ EXPECTED_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "bidgw_batcher_batches": ("counter", frozenset({"reason"})),
     "bidgw_batcher_rows": ("counter", frozenset()),
     "bidgw_batcher_callers": ("counter", frozenset()),
+    "bidgw_event_loop_lag_seconds": ("gauge", frozenset()),
+    "bidgw_loop_lag_sheds": ("counter", frozenset()),
     "bidgw_batcher_callers_per_batch": ("histogram", frozenset()),
     "bidgw_batcher_rejected": ("counter", frozenset({"reason"})),
 }
