@@ -28,6 +28,8 @@ from gateway.observability.metrics import (
     BidTally,
     GatewayMetrics,
     MetricsExporter,
+    RedisShardExporter,
+    RedisShardMetrics,
     StatsSources,
     add_metrics_route,
     exposition_registry,
@@ -38,18 +40,28 @@ from gateway.observability.triton_errors import ErrorCountingScorer
 from gateway.scoring.batcher import MicroBatcher
 from gateway.scoring.breaker import CircuitBreakerScorer
 from gateway.scoring.fallback import PriorScorer
-from gateway.scoring.fleet import TritonFleet
+from gateway.scoring.fleet import ServerScorer, TritonFleet
+from gateway.scoring.limiter import AdaptiveConcurrencyLimit
 from gateway.scoring.targets import parse_target
 from gateway.scoring.triton import TritonScorer
+from gateway.scoring.triton_http import TritonHttpScorer
 from gateway.services import Services
 from gateway.stores.embedded import EmbeddedFeatureStore
 from gateway.stores.redis_store import RedisFeatureStore
 
 
 def triton_fleet(settings: Settings) -> TritonFleet:
-    """Every Triton server behind `triton_url`, one gRPC channel each (see gateway.scoring.fleet)."""
+    """Every Triton server behind `triton_url`, each called over `triton_protocol` (gateway.scoring.fleet)."""
 
-    def connect(address: str) -> TritonScorer:
+    def connect(address: str) -> ServerScorer:
+        if settings.triton_protocol == "http":
+            return TritonHttpScorer(
+                address,
+                model_name=settings.model_name,
+                model_version=settings.model_version,
+                queue_margin_s=settings.batch_upstream_latency_us / 1e6,
+                max_connections=settings.triton_http_connections,
+            )
         return TritonScorer(
             address,
             model_name=settings.model_name,
@@ -92,6 +104,7 @@ async def _open_store(
             bid_ttl_s=settings.bid_ttl_s,
             win_dedupe_ttl_s=settings.win_dedupe_ttl_s,
             win_timeout_s=settings.redis_win_timeout_ms / 1000.0,
+            win_replicas=settings.redis_win_replicas,
         )
         return redis, redis
     # Snapshot parsing is CPU work at start-up, off the loop so health probes still answer.
@@ -138,6 +151,12 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
             max_wait_s=settings.batch_max_wait_us / 1e6,
             max_concurrent=settings.batch_concurrency,
             expected_latency_s=settings.batch_upstream_latency_us / 1e6,
+            limiter=AdaptiveConcurrencyLimit(
+                min_limit=settings.batch_concurrency_min,
+                max_limit=settings.batch_concurrency,
+            )
+            if settings.batch_concurrency_mode == "adaptive"
+            else None,
         )
         currencies = CurrencyTable(settings.currency_rates)
         admission = LoopLagAdmission(
@@ -190,6 +209,9 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
             shed=lambda: services.shed_bids,
             breaker_state=lambda: breaker.state,
             breaker_opens=lambda: breaker.opened_count,
+            also=[RedisShardExporter(shard_metrics, campaign_store.shards.all_nodes).export]
+            if campaign_store is not None and shard_metrics is not None
+            else [],
         )
         app.state.services = services
         app.state.metrics_exporter = exporter
@@ -218,6 +240,8 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
     # Middleware order: the request id is set outermost, so the HTTP metrics and every log line see it.
     registry = CollectorRegistry(auto_describe=True)
     gateway_metrics = GatewayMetrics(registry)
+    # Per Redis shard, only with Redis: an embedded gateway exports no empty families for it.
+    shard_metrics = RedisShardMetrics(registry) if settings.store_backend == "redis" else None
     http_metrics = instrument_http(app, registry)
     app.add_middleware(RequestIdMiddleware)
     app.bid_endpoint = BidEndpoint(lambda: getattr(app.state, "services", None), http_metrics)

@@ -4,6 +4,7 @@ serve   the gateway (uvicorn, uvloop + httptools) against the Triton at BIDGW_TR
 triton  a local CPU Triton on triton_models/ until Ctrl-C
 run     both: a local Triton, then the gateway pointed at it; Ctrl-C stops both (`make run`)
 seed-redis  load the snapshots (and campaign budgets/caps) into Redis for store_backend=redis
+migrate-redis  move campaign state from the layout before hash tags to today's (one-shot, idempotent)
 """
 
 from __future__ import annotations
@@ -61,10 +62,15 @@ def _parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="a local Triton and the gateway on it, until Ctrl-C")
     _add_serve_args(run)
     _add_triton_args(run, prefix="triton-")
-    from gateway.stores import seed  # noqa: PLC0415 - redis is imported only by the commands that use it
+    from gateway.stores import migrate, seed  # noqa: PLC0415 - redis only for the commands that use it
 
     seed.add_arguments(
         commands.add_parser("seed-redis", help="load the snapshots (and campaigns) into Redis")
+    )
+    migrate.add_arguments(
+        commands.add_parser(
+            "migrate-redis", help="move campaign state to the hash-tagged layout (idempotent; docs/redis.md)"
+        )
     )
     return parser
 
@@ -189,7 +195,11 @@ def run_stack(args: argparse.Namespace) -> int:
     started = time.monotonic()
     with _local_triton(args, ports) as server:
         _announce(server, started)
-        os.environ["BIDGW_TRITON_URL"] = server.grpc_url
+        from gateway.config import Settings  # noqa: PLC0415 - settings are read once the stack is up
+
+        # The endpoint of the protocol the gateway will speak (BIDGW_TRITON_PROTOCOL, http by default).
+        grpc = Settings().triton_protocol == "grpc"
+        os.environ["BIDGW_TRITON_URL"] = server.grpc_url if grpc else server.http_address
         # uvicorn handles Ctrl-C/SIGTERM and returns; leaving the block then stops Triton.
         return serve(args)
 
@@ -200,10 +210,22 @@ def seed_redis(args: argparse.Namespace) -> int:
     return seed.command(args)
 
 
+def migrate_redis(args: argparse.Namespace) -> int:
+    from gateway.stores import migrate  # noqa: PLC0415
+
+    return migrate.command(args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     args = _parser().parse_args(argv)
-    commands = {"serve": serve, "triton": run_triton, "run": run_stack, "seed-redis": seed_redis}
+    commands = {
+        "serve": serve,
+        "triton": run_triton,
+        "run": run_stack,
+        "seed-redis": seed_redis,
+        "migrate-redis": migrate_redis,
+    }
     try:
         return commands[args.command](args)
     except LocalTritonError as exc:

@@ -42,9 +42,19 @@ class Settings(BaseSettings):
 
     # Triton
     triton_url: str = Field(
-        "127.0.0.1:8001",
-        description="Triton gRPC target: host:port, dns:///name:port (every address of the name, e.g. a "
-        "headless Service), dns://dns-server:53/name:port, ipv4:a:port,b:port (gateway/scoring/targets.py)",
+        "127.0.0.1:8000",
+        description="Triton, in gRPC's target forms, on the port of triton_protocol: host:port, "
+        "dns:///name:port (every address of the name, e.g. a headless Service), "
+        "dns://dns-server:53/name:port, ipv4:a:port,b:port (gateway/scoring/targets.py)",
+    )
+    triton_protocol: Literal["grpc", "http"] = Field(
+        "http",
+        description="how to call Triton: grpc (tritonclient.aio, its gRPC port) or http (HTTP/REST with "
+        "binary tensors on the event loop's own keep-alive connections, its HTTP port); triton_url names "
+        "that port",
+    )
+    triton_http_connections: int = Field(
+        8, ge=1, le=256, description="http: keep-alive connections per Triton server and worker, at most"
     )
     triton_resolve_interval_s: float = Field(
         10.0, gt=0, le=300, description="re-resolve a Triton name this often: new pods get calls within it"
@@ -64,7 +74,15 @@ class Settings(BaseSettings):
     # the concurrency cap makes batches grow by themselves. A wait costs every unmerged bid that long, and
     # uvloop's timers are whole milliseconds: 500 us measured as +1.1 ms p50 and +170 us CPU per bid.
     batch_max_wait_us: int = Field(0, ge=0, le=50_000)
-    batch_concurrency: int = Field(4, ge=1)
+    batch_concurrency: int = Field(
+        4, ge=1, description="Triton calls in flight per worker: the ceiling (adaptive) or the limit (fixed)"
+    )
+    batch_concurrency_mode: Literal["adaptive", "fixed"] = Field(
+        "adaptive",
+        description="adaptive: lower the in-flight limit while Triton's latency shows a queue, so bids wait "
+        "and merge here instead (gateway/scoring/limiter.py); fixed: always batch_concurrency",
+    )
+    batch_concurrency_min: int = Field(1, ge=1, description="adaptive: the floor of the in-flight limit")
     batch_upstream_latency_us: int = Field(2_000, ge=0)
 
     # Deadlines (milliseconds): budget = min(tmax - network margin, server cap); default when tmax absent.
@@ -80,13 +98,13 @@ class Settings(BaseSettings):
     breaker_reset_s: float = Field(1.0, gt=0, description="open circuit: seconds before a probe call")
     max_inflight_bids: int = Field(64, ge=1, description="per worker; beyond it a bid is shed (503)")
     overload_lag_target_ms: float = Field(
-        10.0,
+        25.0,
         ge=0,
         description="shed (503) while the event loop lags above this for a whole interval: the worker's CPU "
         "is saturated; 0 turns it off (gateway/api/admission.py)",
     )
     overload_lag_interval_ms: float = Field(
-        100.0, gt=0, description="how long the lag must stay above target before shedding starts"
+        500.0, gt=0, description="how long the lag must stay above target before shedding starts"
     )
     trust_request_start: bool = Field(
         False, description="count a proxy's X-Request-Start: t=<unix s> age against the bid's budget"
@@ -109,7 +127,11 @@ class Settings(BaseSettings):
         "embedded", description="embedded: the snapshots in memory; redis: shared features + campaign state"
     )
     snapshot_dir: Path = REPO_ROOT / "data" / "snapshots"
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = Field(
+        "redis://127.0.0.1:6379/0",
+        description="one server: redis://host:port/db (rediss:// TLS); a Redis Cluster: "
+        "redis+cluster://[user:password@]host:port[,host:port...] (rediss+cluster:// TLS)",
+    )
     redis_timeout_ms: float = Field(
         10.0, gt=0, description="cap on a bid's Redis round trip (also capped by the bid's remaining budget)"
     )
@@ -118,6 +140,12 @@ class Settings(BaseSettings):
     )
     redis_max_connections: int = Field(64, ge=1, description="per worker; bids wait (within budget) beyond")
     redis_win_timeout_ms: float = Field(1000.0, gt=0, description="cap on a win notice's Redis calls")
+    redis_win_replicas: int = Field(
+        0,
+        ge=0,
+        description="replicas that must confirm a win (WAIT) before it is acknowledged; set 1 on a cluster "
+        "with replicas, so a failover cannot lose an acknowledged notice",
+    )
     store_cache_size: int = Field(100_000, ge=1, description="ad rows + campaign configs cached per worker")
     store_cache_ttl_s: float = Field(30.0, gt=0, description="how stale a cached ad row or config may be")
 
@@ -138,6 +166,13 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _http_needs_tcp(self) -> Self:
+        addresses = parse_target(self.triton_url).addresses
+        if self.triton_protocol == "http" and any(a.startswith("unix:") for a in addresses):
+            raise ValueError("triton_url: unix: is a gRPC target; triton_protocol=http needs host:port")
+        return self
+
+    @model_validator(mode="after")
     def _check(self) -> Self:
         if self.currency_rates.get("USD", 1.0) != 1.0:
             raise ValueError("currency_rates: USD is the base currency and must be 1")
@@ -147,6 +182,14 @@ class Settings(BaseSettings):
             raise ValueError("network_margin_ms must be below server_cap_ms")
         if len(self.pacing_hourly_weights) != 24 or sum(self.pacing_hourly_weights) <= 0:
             raise ValueError("pacing_hourly_weights: 24 non-negative weights, not all zero")
+        if self.batch_concurrency_min > self.batch_concurrency:
+            raise ValueError(
+                "batch_concurrency_min must be <= batch_concurrency (the adaptive limit's ceiling)"
+            )
         if self.win_dedupe_ttl_s < self.bid_ttl_s:
             raise ValueError("win_dedupe_ttl_s must be >= bid_ttl_s")
+        if self.store_backend == "redis":
+            from gateway.stores.shards import parse_redis_url  # noqa: PLC0415 - redis only when it is used
+
+            parse_redis_url(self.redis_url)  # ValueError: the message names the URL and what is wrong
         return self

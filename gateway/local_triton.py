@@ -191,6 +191,11 @@ class LocalTriton:
         return f"http://{self.address}:{self.ports.http}"
 
     @property
+    def http_address(self) -> str:
+        """host:port of the HTTP/REST endpoint: what the gateway dials on its default protocol."""
+        return f"{self.address}:{self.ports.http}"
+
+    @property
     def metrics_url(self) -> str:
         return f"http://{self.address}:{self.ports.metrics}/metrics"
 

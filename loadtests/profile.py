@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import shutil
 import subprocess
 import sys
@@ -169,12 +168,13 @@ def _percentile_ms(latencies: list[float], q: float) -> float:
 
 
 @contextmanager
-def _triton(url: str | None, log_dir: Path) -> Iterator[str]:
+def _triton(url: str | None, protocol: str, log_dir: Path) -> Iterator[str]:
+    """The Triton endpoint for the gateway's protocol: `url`, or a local Triton started here."""
     if url:
         yield url
         return
     with LocalTriton(free_ports(), log_to=log_dir / "tritonserver.log") as triton:
-        yield triton.grpc_url
+        yield triton.grpc_url if protocol == "grpc" else triton.http_address
 
 
 def profile_gateway(args: argparse.Namespace, out_dir: Path) -> ProfileRun:
@@ -182,9 +182,9 @@ def profile_gateway(args: argparse.Namespace, out_dir: Path) -> ProfileRun:
     bodies = [orjson.dumps(r) for r in workload.requests(512, seed=2024)]
     log_dir = Path(tempfile.mkdtemp(prefix="bidgw-profile-"))
     svg, raw = out_dir / "profile.svg", log_dir / "profile.txt"
-    env = {"BIDGW_TRITON_PROTOCOL": args.protocol} if args.protocol else {}
+    env = {"BIDGW_TRITON_PROTOCOL": args.protocol}
     with (
-        _triton(args.triton_grpc_url, log_dir) as triton_url,
+        _triton(args.triton_url, args.protocol, log_dir) as triton_url,
         start_gateway(triton_url, workers=1, log_dir=log_dir, extra_env=env) as server,
         asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner,
     ):
@@ -281,8 +281,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--sample-rate", type=int, default=250, help="py-spy samples per second")
     p.add_argument("--candidates", type=int, default=50)
-    p.add_argument("--protocol", default="", help="BIDGW_TRITON_PROTOCOL for the gateway (default: its own)")
-    p.add_argument("--triton-grpc-url", help="profile against this running Triton instead of starting one")
+    p.add_argument("--protocol", choices=("http", "grpc"), default="http", help="BIDGW_TRITON_PROTOCOL")
+    p.add_argument(
+        "--triton-url",
+        help="profile against this running Triton (its HTTP host:port; gRPC with --protocol grpc)",
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     return p
 
@@ -292,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args.out.mkdir(parents=True, exist_ok=True)
     run = profile_gateway(args, args.out)
-    result = summary(run, args.protocol or os.environ.get("BIDGW_TRITON_PROTOCOL", "default"))
+    result = summary(run, args.protocol)
     (args.out / "profile.json").write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
     (args.out / "profile.md").write_text(markdown(result))
     sys.stdout.write(markdown(result))

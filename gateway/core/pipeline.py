@@ -212,6 +212,10 @@ class BidPipeline:
         if result.wins and self._campaigns is not None and campaign_states is None:
             self.counters.reservation_failures += 1
         elif result.wins and self._campaigns is not None:
+            # Ids from the campaign store: its win notice finds the bid record (and its shard) by the id.
+            bid_ids = [
+                self._campaigns.new_bid_id(raw_candidates[w.candidate].campaign_id) for w in result.wins
+            ]
             result, bid_ids = await self._reserve(
                 request,
                 raw_candidates=raw_candidates,

@@ -115,6 +115,10 @@ class BidStateStore(Protocol):
 
     async def reserve(self, reservations: Sequence[Reservation], deadline: float) -> list[ReserveOutcome]: ...
 
+    def new_bid_id(self, campaign_id: str) -> str:
+        """A unique bid id for a winner of `campaign_id`: the store may route its win notice by it."""
+        ...
+
 
 @dataclass(frozen=True, slots=True)
 class Scores:

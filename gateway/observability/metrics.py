@@ -59,6 +59,7 @@ from gateway.scoring.batcher import CALLERS_BUCKETS, BatcherStats
 from gateway.scoring.breaker import BreakerState
 from gateway.scoring.fleet import FleetStats
 from gateway.stores.embedded import StoreStats
+from gateway.stores.shards import SHARD_LATENCY_BUCKETS_S, Shard
 
 log = logging.getLogger(__name__)
 
@@ -281,6 +282,14 @@ class GatewayMetrics:
             ["reason"],
             registry=registry,
         )
+        # The tightest worker: every worker's limit falls when the Triton they share queues.
+        self.batch_concurrency_limit = Gauge(
+            "bidgw_batcher_concurrency_limit",
+            "Triton calls a worker's micro-batcher may have in flight now (adaptive: lowered while Triton "
+            "queues); the lowest of any live worker",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
         # The Triton fleet as this worker sees it (gateway.scoring.fleet).
         self.triton_healthy = Gauge(
             "bidgw_triton_servers_healthy",
@@ -360,8 +369,10 @@ class MetricsExporter:
         shed: Callable[[], int],
         breaker_state: Callable[[], BreakerState],
         breaker_opens: Callable[[], int],
+        also: Sequence[Callable[[], None]] = (),
     ) -> None:
         self._metrics = metrics
+        self._also = tuple(also)  # exports of other blocks below (Redis shards), run with this one
         self._tally = tally
         self._sources = sources
         self._inflight = inflight
@@ -382,6 +393,9 @@ class MetricsExporter:
         m.triton_healthy.set(fleet.healthy)
         m.triton_ejected.set(fleet.ejected)
         m.loop_lag.set(self._sources.admission.lag_s)
+        m.batch_concurrency_limit.set(self._sources.batcher.concurrency_limit)
+        for export in self._also:
+            export()
 
     async def run(self, interval_s: float) -> None:
         """Export every `interval_s` until cancelled."""
@@ -456,6 +470,51 @@ def _add(histogram: _BulkHistogram, buckets: _Buckets) -> None:
     counts, total = buckets.take()
     if any(counts):
         histogram.add(counts, total)
+
+
+# -- Redis shards: round trips and failures per shard (gateway.stores.shards) --
+
+
+class RedisShardMetrics:
+    """Per Redis shard, labelled by node address (host:port; a handful, the cluster's primaries): round
+    trip latency, and round trips that failed or ran late (the caller took its store-failure path)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.round_trip = _BulkHistogram(
+            "bidgw_redis_round_trip_seconds",
+            "One round trip to one Redis shard (a bid's lookup, its holds, a win notice), by shard",
+            ["shard"],
+            buckets=SHARD_LATENCY_BUCKETS_S,
+            registry=registry,
+        )
+        self.errors = Counter(
+            "bidgw_redis_errors",
+            "Round trips to a Redis shard that failed or ran out of time, by shard (the bid used defaults "
+            "and no campaign limits for what that shard holds; a win notice retried or answered 503)",
+            ["shard"],
+            registry=registry,
+        )
+
+
+class RedisShardExporter:
+    """Moves each shard's `ShardStats` into `RedisShardMetrics` (deltas since the last export)."""
+
+    def __init__(self, metrics: RedisShardMetrics, shards: Callable[[], Sequence[Shard]]) -> None:
+        self._metrics = metrics
+        self._shards = shards
+        self._last: dict[str, tuple[list[int], float, int]] = {}
+
+    def export(self) -> None:
+        for shard in self._shards():
+            stats = shard.stats
+            counts, total, errors = list(stats.latency_counts), stats.latency_sum, stats.errors
+            last_counts, last_total, last_errors = self._last.get(shard.name, ([0] * len(counts), 0.0, 0))
+            self._last[shard.name] = (counts, total, errors)
+            added = [max(0, a - b) for a, b in zip(counts, last_counts, strict=True)]
+            if any(added):
+                self._metrics.round_trip.labels(shard.name).add(added, max(0.0, total - last_total))
+            if errors > last_errors:
+                self._metrics.errors.labels(shard.name).inc(errors - last_errors)
 
 
 # -- HTTP metrics, exposition and multiprocess plumbing --

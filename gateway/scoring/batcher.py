@@ -12,11 +12,15 @@ When a batch leaves (the "flush"), in order of precedence:
     has come;
   * wait: `max_wait_s` has passed since the oldest queued caller arrived (0: the next loop iteration,
     so only callers that arrived in the same tick merge).
-At most `max_concurrent` batches are in flight, so Triton's dynamic batcher can still merge across
+At most `concurrency_limit` batches are in flight, so Triton's dynamic batcher can still merge across
 workers; while all are busy the queue keeps growing and the next batch leaves as soon as one returns
-(under load, batches grow by themselves). Queued rows are bounded by `max_queued_rows`: beyond it,
-`score()` fails at once with ScoringUnavailable("scoring queue full") rather than queueing work that
-would only time out.
+(under load, batches grow by themselves). Without a `limiter` that limit is `max_concurrent`, fixed. With
+one (gateway/scoring/limiter.py) it moves between the limiter's floor and `max_concurrent`, learnt from
+each call's wall time, rows, and the calls in flight when it started, and from failures: high while calls
+return about as fast as an unqueued call of their size (a bid goes alone, at once), lower as Triton's
+queue builds (bids wait here instead, where they merge, until Triton is just busy). Queued rows are
+bounded by `max_queued_rows`: beyond it, `score()` fails at once with
+ScoringUnavailable("scoring queue full") rather than queueing work that would only time out.
 
 Deadlines: a merged call is sent with the EARLIEST deadline among its callers. Every caller then has an
 answer or an error by its own deadline with no per-caller timer during the call; the cost is that a
@@ -49,6 +53,7 @@ import numpy.typing as npt
 
 from gateway.core.ports import Scorer, Scores
 from gateway.errors import ScoringError, ScoringTimeout, ScoringUnavailable
+from gateway.scoring.limiter import AdaptiveConcurrencyLimit
 
 FlushReason = Literal["size", "deadline", "wait", "close"]
 # Upper bounds of the callers-per-batch buckets (Prometheus-style `le`), the last one open-ended.
@@ -59,7 +64,7 @@ MODEL_MAX_BATCH_SIZE: Final = 4096
 
 @dataclass(slots=True)
 class BatcherStats:
-    """Monotonic counters for metrics: export them as counters (ratios give the means)."""
+    """Monotonic counters for metrics: export them as counters (ratios give the means); one gauge."""
 
     batches: int = 0
     rows: int = 0
@@ -75,6 +80,7 @@ class BatcherStats:
     # Non-cumulative count of batches per CALLERS_BUCKETS bucket, plus one for "more".
     callers_per_batch: list[int] = field(default_factory=lambda: [0] * (len(CALLERS_BUCKETS) + 1))
     max_callers_in_batch: int = 0
+    concurrency_limit: int = 0  # gauge: batches allowed in flight now
 
 
 @dataclass(slots=True, eq=False)
@@ -103,6 +109,7 @@ class MicroBatcher:
         expected_latency_s: float = 0.002,
         max_concurrent: int = 4,
         max_queued_rows: int | None = None,
+        limiter: AdaptiveConcurrencyLimit | None = None,
     ) -> None:
         if not 0 < max_rows <= MODEL_MAX_BATCH_SIZE:
             raise ValueError(f"max_rows must be in (0, {MODEL_MAX_BATCH_SIZE}], got {max_rows}")
@@ -116,7 +123,8 @@ class MicroBatcher:
         self.expected_latency_s = expected_latency_s
         self.max_concurrent = max_concurrent
         self.max_queued_rows = 16 * max_rows if max_queued_rows is None else max_queued_rows
-        self.stats = BatcherStats()
+        self.limiter = limiter
+        self.stats = BatcherStats(concurrency_limit=self.concurrency_limit)
         self._queue: list[_Pending] = []
         self._queued_rows = 0
         self._earliest_deadline = float("inf")
@@ -134,6 +142,13 @@ class MicroBatcher:
     @property
     def inflight(self) -> int:
         return self._inflight
+
+    @property
+    def concurrency_limit(self) -> int:
+        """Batches allowed in flight now: `max_concurrent`, or the limiter's limit capped by it."""
+        if self.limiter is None:
+            return self.max_concurrent
+        return min(self.max_concurrent, self.limiter.limit)
 
     async def ready(self) -> bool:
         return not self._closed and await self._upstream.ready()
@@ -185,7 +200,8 @@ class MicroBatcher:
         now = time.monotonic()
         if self._earliest_deadline <= now:
             self._expire(now)
-        while self._queue and (self._inflight < self.max_concurrent or fired == "close"):
+        limit = self.concurrency_limit
+        while self._queue and (self._inflight < limit or fired == "close"):
             reason = self._due(now) or fired
             if reason is None:
                 break
@@ -209,7 +225,7 @@ class MicroBatcher:
         if not self._queue:
             self._cancel_timer()
             return
-        if self._inflight >= self.max_concurrent:
+        if self._inflight >= self.concurrency_limit:
             # Nothing can leave until a batch returns (which pumps); only queued deadlines need watching.
             at = self._earliest_deadline
             reason: FlushReason = "deadline"
@@ -317,10 +333,19 @@ class MicroBatcher:
             cat = np.concatenate([p.cat for p in batch])
             dense = np.concatenate([p.dense for p in batch])
         deadline = min(p.deadline for p in batch)
+        inflight = self._inflight
+        started = time.monotonic()
         try:
             scores = await self._upstream.score(cat, dense, deadline)
         except ScoringError as exc:
             self.stats.upstream_errors += 1
+            if self.limiter is not None:
+                # A refusal is a drop (AIMD's): while Triton refuses or is unreachable, fewer calls in
+                # flight only merge more bids into each doomed call. A timeout is one if its budget was
+                # ample (the limiter judges that from the budget and the rows).
+                budget = deadline - started if isinstance(exc, ScoringTimeout) else None
+                self.limiter.on_drop(budget_s=budget, rows=int(cat.shape[0]))
+                self.stats.concurrency_limit = self.concurrency_limit
             for item in batch:
                 if not item.future.done():
                     # A copy per caller: one exception object raised in many tasks would splice their
@@ -350,6 +375,11 @@ class MicroBatcher:
                 if not item.future.done():
                     item.future.set_exception(ScoringUnavailable(error))
             return
+        if self.limiter is not None:
+            # Recorded before the callers resume: the batch that leaves when this one's slot frees
+            # already sees the new limit.
+            self.limiter.on_success(time.monotonic() - started, total, inflight)
+            self.stats.concurrency_limit = self.concurrency_limit
         if len(batch) == 1:
             if not batch[0].future.done():
                 batch[0].future.set_result(scores)

@@ -1,8 +1,10 @@
 """Bulk load of the snapshots (and campaign configurations) into Redis: `python -m gateway seed-redis`.
 
 Rows are the embedded store's own precomputed buckets (`EmbeddedFeatureStore.user_rows`/`ad_rows`), packed
-as `gateway.stores.redis_store` reads them, so both backends serve byte-identical features. Writes go in
-pipelined MSET chunks (no transaction: a re-run simply overwrites).
+as `gateway.stores.redis_store` reads them, so both backends serve byte-identical features. Campaign
+configurations go to their hash-tagged keys (`gateway.stores.keys`). Writes go in chunks: one MSET per
+chunk on one server; in a cluster one MSET per slot, each shard's MSETs pipelined, every shard at once (no
+transaction: a re-run simply overwrites).
 """
 
 from __future__ import annotations
@@ -12,25 +14,27 @@ import asyncio
 import gzip
 import logging
 import sys
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
 import msgspec
-from redis.asyncio import Redis
-from redis.exceptions import RedisError
 
 from gateway.errors import StoreError
-from gateway.stores.campaigns import CampaignSpec, config_key, encode_config
+from gateway.stores.campaigns import CampaignSpec, encode_config
 from gateway.stores.embedded import EmbeddedFeatureStore
+from gateway.stores.keys import config_key
 from gateway.stores.redis_store import AD_ROW, USER_ROW, encode_rows, feature_namespace
+from gateway.stores.shards import Command, RedisShards, Shard
 
 __all__ = ["SeedReport", "add_arguments", "command", "read_campaigns", "seed_redis"]
 
 log = logging.getLogger(__name__)
 
-CHUNK: Final = 2_000  # keys per MSET: big enough to amortise the round trip, small enough not to block Redis
+CHUNK: Final = 2_000  # keys per round trip: big enough to amortise it, small enough not to block Redis
+CHUNK_TIMEOUT_S: Final = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,53 +56,67 @@ def read_campaigns(path: Path) -> list[CampaignSpec]:
         raise StoreError(f"campaign file {path} is invalid: {exc}") from exc
 
 
-async def _mset_chunks(client: Redis, items: Iterable[tuple[str, bytes]]) -> int:
+async def write_chunks(shards: RedisShards, items: Iterable[tuple[str, bytes]]) -> int:
+    """SET every (key, value), CHUNK keys per round trip per shard; raises StoreError."""
     written = 0
-    chunk: dict[str, bytes] = {}
-    for key, value in items:
-        chunk[key] = value
+    chunk: list[tuple[str, bytes]] = []
+    for item in items:
+        chunk.append(item)
         if len(chunk) == CHUNK:
-            await client.mset(chunk)
-            written += len(chunk)
-            chunk = {}
+            written += await _write(shards, chunk)
+            chunk = []
     if chunk:
-        await client.mset(chunk)
-        written += len(chunk)
+        written += await _write(shards, chunk)
     return written
 
 
+async def _write(shards: RedisShards, chunk: list[tuple[str, bytes]]) -> int:
+    deadline = time.monotonic() + CHUNK_TIMEOUT_S
+    await shards.discover(deadline)
+    by_slot: dict[int, list[str | bytes]] = {}
+    for key, value in chunk:
+        by_slot.setdefault(shards.slot(key) if shards.cluster else 0, []).extend((key, value))
+    groups: dict[Shard, list[Command]] = {}
+    for slot, pairs in by_slot.items():
+        groups.setdefault(shards.shard_for_slot(slot), []).append(("MSET", *pairs))
+    for shard, results in await shards.execute_many(groups, deadline, "seed"):
+        if isinstance(results, StoreError):
+            raise results
+        refused = next((r for r in results if isinstance(r, Exception)), None)
+        if refused is not None:
+            raise StoreError(f"seeding {shard.name} failed: {refused}")
+    return len(chunk)
+
+
 async def seed_redis(
-    client: Redis, snapshot_dir: Path, campaigns: list[CampaignSpec] | None = None
+    shards: RedisShards, snapshot_dir: Path, campaigns: list[CampaignSpec] | None = None
 ) -> SeedReport:
     """Write every snapshot user and ad (and the given campaign configs); raises StoreError."""
     store = EmbeddedFeatureStore.load(snapshot_dir)
     namespace = feature_namespace()
     user_ids, user_cat, user_dense = store.user_rows()
     ad_ids, ad_cat, ad_dense = store.ad_rows()
-    try:
-        users = await _mset_chunks(
-            client,
-            zip(
-                (f"{namespace}:u:{i}" for i in user_ids),
-                encode_rows(USER_ROW, user_cat, user_dense),
-                strict=True,
-            ),
-        )
-        ads = await _mset_chunks(
-            client,
-            zip((f"{namespace}:a:{i}" for i in ad_ids), encode_rows(AD_ROW, ad_cat, ad_dense), strict=True),
-        )
-        configured = await _mset_chunks(
-            client, ((config_key(spec.campaign_id), encode_config(spec.config())) for spec in campaigns or [])
-        )
-    except (RedisError, OSError) as exc:
-        raise StoreError(f"seeding redis failed: {exc}") from exc
+    users = await write_chunks(
+        shards,
+        zip(
+            (f"{namespace}:u:{i}" for i in user_ids), encode_rows(USER_ROW, user_cat, user_dense), strict=True
+        ),
+    )
+    ads = await write_chunks(
+        shards,
+        zip((f"{namespace}:a:{i}" for i in ad_ids), encode_rows(AD_ROW, ad_cat, ad_dense), strict=True),
+    )
+    configured = await write_chunks(
+        shards, ((config_key(spec.campaign_id), encode_config(spec.config())) for spec in campaigns or [])
+    )
     return SeedReport(namespace=namespace, users=users, ads=ads, campaigns=configured)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`seed-redis` flags; defaults come from Settings (BIDGW_REDIS_URL, BIDGW_SNAPSHOT_DIR)."""
-    parser.add_argument("--redis-url", help="default: BIDGW_REDIS_URL")
+    parser.add_argument(
+        "--redis-url", help="default: BIDGW_REDIS_URL (redis+cluster://host:port for a cluster)"
+    )
     parser.add_argument("--snapshots", type=Path, help="snapshot directory (default: BIDGW_SNAPSHOT_DIR)")
     parser.add_argument("--campaigns", type=Path, help="CampaignSpec .jsonl[.gz]: budgets and caps to load")
 
@@ -112,16 +130,16 @@ def command(args: argparse.Namespace) -> int:
     snapshots = args.snapshots or settings.snapshot_dir
 
     async def run() -> SeedReport:
-        client = Redis.from_url(url, socket_connect_timeout=5, socket_timeout=30)
+        shards = RedisShards.from_url(url, socket_timeout_s=CHUNK_TIMEOUT_S, connect_timeout_s=5.0)
         try:
             specs = read_campaigns(args.campaigns) if args.campaigns else None
-            return await seed_redis(client, snapshots, specs)
+            return await seed_redis(shards, snapshots, specs)
         finally:
-            await client.aclose()
+            await shards.aclose()
 
     try:
         report = asyncio.run(run())
-    except StoreError as exc:
+    except (StoreError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     log.info(

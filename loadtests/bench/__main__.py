@@ -76,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--kserve-python", type=Path, default=REPO_ROOT / ".venv-kserve" / "bin" / "python")
     p.add_argument("--triton-grpc-url", help="use this running Triton instead of starting one")
     p.add_argument("--triton-pid", type=int, help="its pid (for its CPU time); with --triton-grpc-url")
+    p.add_argument("--triton-http-url", help="its HTTP/REST host:port (the gateway arms' default protocol)")
+    p.add_argument(
+        "--primary-arm",
+        default=defaults.primary_arm,
+        help="the gateway arm of the headline, targets and paired rounds (the default transport's)",
+    )
     p.add_argument("--results", type=Path, default=REPO_ROOT / "loadtests" / "results" / "bench.json")
     p.add_argument("--report", type=Path, default=REPO_ROOT / "docs" / "benchmarks.md")
     p.add_argument("--img-dir", type=Path, default=REPO_ROOT / "docs" / "img")
@@ -145,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         paired_rounds=args.paired_rounds,
         kserve_python=args.kserve_python,
         log_dir=log_dir,
+        primary_arm=args.primary_arm,
     )
     if args.tiny:
         config = replace(config, **TINY)  # type: ignore[arg-type]
@@ -152,7 +159,11 @@ def main(argv: list[str] | None = None) -> int:
     workload = Workload.load(workload_config)
     requests = workload.requests(args.requests if not args.tiny else 64, seed=2024)
     bodies = [orjson.dumps(r) for r in requests]
-    triton = TritonTarget(args.triton_grpc_url, args.triton_pid) if args.triton_grpc_url else None
+    triton = (
+        TritonTarget(args.triton_grpc_url, args.triton_pid, http_url=args.triton_http_url)
+        if args.triton_grpc_url
+        else None
+    )
     started_at = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     began = time.monotonic()
     arms = run_bench(requests, bodies, config, triton)

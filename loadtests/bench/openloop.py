@@ -42,6 +42,8 @@ class StepSamples:
     latencies_s: list[float] = field(default_factory=list)  # successful answers only
     errors: int = 0  # non-2xx status or a transport failure
     error_kinds: dict[str, int] = field(default_factory=dict)
+    # Latency of every answered error by kind (e.g. "http_503": how fast shed requests were refused).
+    error_latencies_s: dict[str, list[float]] = field(default_factory=dict)
     unfinished: int = 0  # still unanswered when the step's drain time ran out
     elapsed_s: float = 0.0  # from the first arrival to the last answer (or the drain cut-off)
     max_connections_used: int = 0
@@ -172,10 +174,12 @@ class _HttpDriver:
             self.idle.append(connection)
 
     def completed(self, connection: _Connection, scheduled: float, ok: bool, kind: str) -> None:
+        latency = time.perf_counter() - scheduled
         if ok:
-            self.samples.latencies_s.append(time.perf_counter() - scheduled)
+            self.samples.latencies_s.append(latency)
         else:
             self.samples.error(kind)
+            self.samples.error_latencies_s.setdefault(kind, []).append(latency)
         self._settle()
         self._dispatch(connection)
 

@@ -142,7 +142,7 @@ def _serving(  # noqa: PLR0917 - private; one call per server kind
 
 
 def start_gateway(
-    triton_grpc_url: str,
+    triton_url: str,
     *,
     workers: int,
     log_dir: Path,
@@ -150,6 +150,7 @@ def start_gateway(
     extra_env: Mapping[str, str] | None = None,
 ) -> contextlib.AbstractContextManager[Server]:
     """`python -m gateway serve` with its defaults (micro-batcher and all), logging at warning;
+    `triton_url`: Triton's endpoint for the gateway's protocol (HTTP unless `extra_env` says grpc);
     `extra_env`: BIDGW_* settings on top (an arm's variant)."""
     port = free_port()
     env = {
@@ -157,7 +158,7 @@ def start_gateway(
         "BIDGW_HOST": "127.0.0.1",
         "BIDGW_PORT": str(port),
         "BIDGW_WORKERS": str(workers),
-        "BIDGW_TRITON_URL": triton_grpc_url,
+        "BIDGW_TRITON_URL": triton_url,
         "BIDGW_LOG_LEVEL": "warning",
         "BIDGW_STORE_BACKEND": "embedded",
         **(extra_env or {}),

@@ -25,6 +25,7 @@ _COLOURS = {
     "direct": "#4c72b0",
     "http-floor": "#937860",
     "gateway": "#55a868",
+    "gateway-grpc": "#64b5cd",
     "gateway-w2": "#8172b2",
     "kserve": "#c44e52",
     "kserve-default-logging": "#dd8452",
@@ -44,10 +45,12 @@ def _cpu(step: StepResult | None, role: str) -> float | None:
     return step.cpu_us_per_bid.get(role) if step else None
 
 
-def ratios(arms: Sequence[ArmResult]) -> dict[str, float | None]:
-    """The headline: throughput within the p99 bound and CPU per bid, gateway against the others."""
+def ratios(arms: Sequence[ArmResult], primary: str = "gateway") -> dict[str, float | None]:
+    """The headline: throughput within the p99 bound and CPU per bid, the primary gateway arm against the
+    others (and the HTTP transport against gRPC when both ran)."""
     by = {a.name: a for a in arms}
-    gateway, direct, kserve = by.get("gateway"), by.get("direct"), by.get("kserve")
+    gateway, direct, kserve = by.get(primary), by.get("direct"), by.get("kserve")
+    grpc, http = by.get("gateway-grpc"), by.get("gateway")
     out: dict[str, float | None] = {
         "gateway_vs_direct_throughput": _ratio(_best_rate(gateway), _best_rate(direct)),
         "gateway_vs_kserve_throughput": _ratio(_best_rate(gateway), _best_rate(kserve)),
@@ -58,6 +61,10 @@ def ratios(arms: Sequence[ArmResult]) -> dict[str, float | None]:
             _cpu(kserve.fixed if kserve else None, "server"),
             _cpu(gateway.fixed if gateway else None, "server"),
         ),
+        "http_vs_grpc_server_cpu_per_bid_at_max": _ratio(
+            _cpu(http.best if http else None, "server"), _cpu(grpc.best if grpc else None, "server")
+        ),
+        "http_vs_grpc_throughput": _ratio(_best_rate(http), _best_rate(grpc)),
     }
     if gateway and gateway.paired:
         # The median of paired differences: each round's direct and gateway runs are seconds apart.
@@ -108,7 +115,7 @@ def write_json(
     document = {
         "meta": meta,
         "config": config_json,
-        "ratios": ratios(arms),
+        "ratios": ratios(arms, config.primary_arm),
         "arms": [_arm_json(a) for a in arms],
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -177,7 +184,7 @@ def _us(value: float | None) -> str:
 
 
 def _paired_gateway(arms: Sequence[ArmResult]) -> ArmResult | None:
-    return next((a for a in arms if a.name == "gateway" and a.paired), None)
+    return next((a for a in arms if a.paired), None)
 
 
 def _paired_note(arms: Sequence[ArmResult]) -> str:
@@ -350,12 +357,17 @@ def write_markdown(  # noqa: PLR0917 - one caller, every input named
         "",
         "## Every step",
         "",
-        "| system | offered/s | achieved/s | p50 ms | p90 ms | p99 ms | errors | server us/bid | pass |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
+        "Bids per Triton call: the gateway's micro-batcher merging concurrent bids into one request "
+        "(from its own `/metrics` around each step).",
+        "",
+        "| system | offered/s | achieved/s | p50 ms | p90 ms | p99 ms | errors | server us/bid | bids per "
+        "Triton call | pass |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | :---: |",
         *(
             f"| {a.name} | {s.offered_rate:,.0f} | {s.achieved_rate:,.0f} | {s.p50_ms:.2f} | "
             f"{s.p90_ms:.2f} | {s.p99_ms:.2f} | {s.errors + s.unfinished} | "
-            f"{_us(s.cpu_us_per_bid.get('server'))} | {'yes' if s.passed else 'no'} |"
+            f"{_us(s.cpu_us_per_bid.get('server'))} | {_fmt(s.callers_per_call)} | "
+            f"{'yes' if s.passed else 'no'} |"
             for a in arms
             for s in a.steps
         ),

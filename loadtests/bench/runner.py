@@ -41,14 +41,20 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ArmResult", "BenchConfig", "StepResult", "TritonTarget", "run_bench"]
 
-ARMS = ("direct", "http-floor", "gateway", "gateway-w2", "kserve", "kserve-default-logging")
+ARMS = ("direct", "http-floor", "gateway", "gateway-grpc", "gateway-w2", "kserve", "kserve-default-logging")
+# The gateway arms, and the BIDGW_* settings each adds to the gateway's defaults (HTTP/REST to Triton).
+GATEWAY_ARMS: dict[str, dict[str, str]] = {
+    "gateway": {},
+    "gateway-grpc": {"BIDGW_TRITON_PROTOCOL": "grpc"},
+    "gateway-w2": {},
+}
 # Arms that run no auction: nothing to compare with the gateway's answers.
 _NO_AUCTION = frozenset({"http-floor"})
 
 
 @dataclass(frozen=True, slots=True)
 class BenchConfig:
-    arms: tuple[str, ...] = ("direct", "http-floor", "gateway", "gateway-w2", "kserve")
+    arms: tuple[str, ...] = ("direct", "http-floor", "gateway", "gateway-grpc", "gateway-w2", "kserve")
     p99_bound_ms: float = 25.0
     max_error_rate: float = 0.01
     start_rate: float = 100.0
@@ -67,6 +73,8 @@ class BenchConfig:
     kserve_python: Path = REPO_ROOT / ".venv-kserve" / "bin" / "python"
     log_dir: Path = Path(".")  # where server logs go; the CLI passes a fresh temporary directory
     model_version: str = "1"
+    # The gateway arm the headline, the targets and the paired rounds are about: the default transport.
+    primary_arm: str = "gateway"
 
 
 @dataclass(slots=True)
@@ -83,6 +91,8 @@ class StepResult:
     cpu_us_per_bid: dict[str, float]  # per process role: server, triton, generator
     passed: bool
     error_kinds: dict[str, int] = field(default_factory=dict)
+    # Gateway arms: bids per Triton call during the step (the micro-batcher's merging), from its /metrics.
+    callers_per_call: float | None = None
 
     @property
     def box_cpu_us_per_bid(self) -> float:
@@ -107,9 +117,12 @@ class ArmResult:
 class TritonTarget:
     grpc_url: str
     pid: int
+    http_url: str | None = None  # host:port of Triton's HTTP/REST endpoint (the gateway's default protocol)
 
 
-def _step_result(samples: StepSamples, cpu_s: dict[str, float], config: BenchConfig) -> StepResult:
+def _step_result(
+    samples: StepSamples, cpu_s: dict[str, float], config: BenchConfig, callers_per_call: float | None = None
+) -> StepResult:
     bids = len(samples.latencies_s)
     latencies = np.asarray(samples.latencies_s, dtype=np.float64) * 1000.0
     p50, p90, p99, top = (
@@ -137,25 +150,55 @@ def _step_result(samples: StepSamples, cpu_s: dict[str, float], config: BenchCon
         cpu_us_per_bid={role: round(s / max(bids, 1) * 1e6, 1) for role, s in cpu_s.items()},
         passed=passed,
         error_kinds=dict(samples.error_kinds),
+        callers_per_call=None if callers_per_call is None else round(callers_per_call, 2),
     )
 
 
 StepFn = Callable[[float, float, int], Awaitable[StepSamples]]
+# Reads a server's counters (name -> value); the gateway's: bids and Triton calls of its micro-batcher.
+CounterProbe = Callable[[], dict[str, float]]
 
 
-async def _measure(step: StepFn, rate: float, seconds: float, seed: int, pids: dict[str, int]) -> Any:
+async def _measure(  # noqa: PLR0917 - private; every call names the step it measures
+    step: StepFn, rate: float, seconds: float, seed: int, pids: dict[str, int], probe: CounterProbe | None
+) -> tuple[StepSamples, dict[str, float], float | None]:
+    counters = await asyncio.to_thread(probe) if probe else {}
     before = tree_cpu(pids)
     samples = await step(rate, seconds, seed)
     after = tree_cpu(pids)
-    return samples, {role: after[role] - before[role] for role in pids}
+    callers_per_call = None
+    if probe:
+        now = await asyncio.to_thread(probe)
+        calls = now["batches"] - counters["batches"]
+        callers_per_call = (now["callers"] - counters["callers"]) / calls if calls else None
+    return samples, {role: after[role] - before[role] for role in pids}, callers_per_call
 
 
-async def _ladder(arm: ArmResult, step: StepFn, pids: dict[str, int], config: BenchConfig) -> None:
+def gateway_batching_probe(port: int) -> CounterProbe:
+    """Bids merged by the gateway's micro-batcher and the Triton calls they went in, from /metrics."""
+
+    def probe() -> dict[str, float]:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        totals = {"callers": 0.0, "batches": 0.0}
+        for line in text.splitlines():
+            if line.startswith("bidgw_batcher_callers_total"):
+                totals["callers"] += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("bidgw_batcher_batches_total"):
+                totals["batches"] += float(line.rsplit(" ", 1)[1])
+        return totals
+
+    return probe
+
+
+async def _ladder(
+    arm: ArmResult, step: StepFn, pids: dict[str, int], config: BenchConfig, probe: CounterProbe | None = None
+) -> None:
     await step(config.start_rate, config.warmup_s, 1)  # warm caches, connections, Triton's instances
     await asyncio.sleep(config.settle_s)
     # The fixed rate first: after the ladder's failing step a server may still be digesting its queue.
-    samples, cpu = await _measure(step, config.fixed_rate, config.fixed_s, 7, pids)
-    arm.fixed = _step_result(samples, cpu, config)
+    samples, cpu, merged = await _measure(step, config.fixed_rate, config.fixed_s, 7, pids, probe)
+    arm.fixed = _step_result(samples, cpu, config, merged)
     log.info("%s: fixed %.0f/s -> p50 %.2f p99 %.2f ms", arm.name, config.fixed_rate,
              arm.fixed.p50_ms, arm.fixed.p99_ms)  # fmt: skip
     await asyncio.sleep(config.settle_s)
@@ -163,8 +206,8 @@ async def _ladder(arm: ArmResult, step: StepFn, pids: dict[str, int], config: Be
     rate, passing, failing = config.start_rate, 0.0, 0.0
     for _ in range(config.max_steps):
         seed += 1
-        samples, cpu = await _measure(step, rate, config.step_s, seed, pids)
-        result = _step_result(samples, cpu, config)
+        samples, cpu, merged = await _measure(step, rate, config.step_s, seed, pids, probe)
+        result = _step_result(samples, cpu, config, merged)
         arm.steps.append(result)
         log.info(
             "%s: offered %.0f/s -> %.0f/s p50 %.2f p99 %.2f ms errors %d %s",
@@ -182,8 +225,8 @@ async def _ladder(arm: ArmResult, step: StepFn, pids: dict[str, int], config: Be
     for _ in range(config.refine if passing and failing else 0):
         seed += 1
         rate = (passing + failing) / 2
-        samples, cpu = await _measure(step, rate, config.step_s, seed, pids)
-        result = _step_result(samples, cpu, config)
+        samples, cpu, merged = await _measure(step, rate, config.step_s, seed, pids, probe)
+        result = _step_result(samples, cpu, config, merged)
         arm.steps.append(result)
         log.info("%s: refine %.0f/s -> p99 %.2f ms %s", arm.name, rate, result.p99_ms, result.passed)
         await asyncio.sleep(config.settle_s)
@@ -279,12 +322,12 @@ async def _paired_rounds(
     direct_pids = {role: pid for role, pid in pids.items() if role != "server"}
     for round_index in range(config.paired_rounds):
         seed = 500 + round_index
-        direct_samples, direct_cpu = await _measure(
-            direct_step, config.fixed_rate, config.fixed_s, seed, direct_pids
+        direct_samples, direct_cpu, _ = await _measure(
+            direct_step, config.fixed_rate, config.fixed_s, seed, direct_pids, None
         )
         await asyncio.sleep(config.settle_s)
-        gateway_samples, gateway_cpu = await _measure(
-            gateway_step, config.fixed_rate, config.fixed_s, seed, pids
+        gateway_samples, gateway_cpu, _ = await _measure(
+            gateway_step, config.fixed_rate, config.fixed_s, seed, pids, None
         )
         await asyncio.sleep(config.settle_s)
         direct, gateway = (
@@ -318,7 +361,8 @@ async def _http_arm(
     if arm.name not in _NO_AUCTION:
         arm.answers = await asyncio.to_thread(_answers, server, bodies[:ANSWER_CHECKS])
     pids = {"server": server.pid, "triton": triton.pid, "generator": os.getpid()}
-    await _ladder(arm, step, pids, config)
+    probe = gateway_batching_probe(server.port) if arm.name in GATEWAY_ARMS else None
+    await _ladder(arm, step, pids, config, probe)
     if direct_rows and config.paired_rounds:
         await asyncio.sleep(config.recover_s)  # the ladder ended on an overloaded step
         async with _direct_steps(triton, direct_rows, config) as direct_step:
@@ -352,7 +396,10 @@ def _answers(server: Server, bodies: Sequence[bytes]) -> list[list[tuple[str, st
 _DESCRIPTIONS = {
     "http-floor": "uvicorn (uvloop, httptools) reading and parsing the request with orjson, answering a "
     "fixed no-bid: the cost of the HTTP hop alone (`loadtests/http_floor.py`)",
-    "gateway": "bid-gateway, `python -m gateway serve`, 1 worker (defaults: micro-batcher on)",
+    "gateway": "bid-gateway, `python -m gateway serve`, 1 worker, defaults: Triton over HTTP/REST with "
+    "binary tensors on the event loop's own keep-alive connections",
+    "gateway-grpc": "bid-gateway, 1 worker, Triton over gRPC "
+    "(`BIDGW_TRITON_PROTOCOL=grpc`, tritonclient.aio)",
     "gateway-w2": "bid-gateway, 2 workers",
     "kserve": "KServe 0.21 transformer (kserve.Model pre/postprocess, grpc-v2 predictor), 1 worker, "
     "per-request logging off",
@@ -365,9 +412,16 @@ def _server_for(arm: str, triton: TritonTarget, config: BenchConfig) -> Iterator
     if arm == "http-floor":
         with start_http_floor(log_dir=config.log_dir) as server:
             yield server
-    elif arm in ("gateway", "gateway-w2"):
+    elif arm in GATEWAY_ARMS:
+        settings = GATEWAY_ARMS[arm]
+        if settings.get("BIDGW_TRITON_PROTOCOL") == "grpc":
+            url = triton.grpc_url
+        elif triton.http_url is None:
+            raise ValueError(f"the {arm} arm needs Triton's HTTP address (--triton-http-url)")
+        else:
+            url = triton.http_url
         with start_gateway(
-            triton.grpc_url, workers=2 if arm == "gateway-w2" else 1, log_dir=config.log_dir
+            url, workers=2 if arm == "gateway-w2" else 1, log_dir=config.log_dir, extra_env=settings
         ) as server:
             yield server
     elif arm in ("kserve", "kserve-default-logging"):
@@ -398,7 +452,7 @@ def _run_arm(
         _server_for(arm, triton, config) as server,
         asyncio.Runner(loop_factory=uvloop.new_event_loop) as run,
     ):
-        paired_rows = rows if arm == "gateway" else ()
+        paired_rows = rows if arm == config.primary_arm else ()
         result = ArmResult(arm, _DESCRIPTIONS[arm])
         return run.run(_http_arm(result, server, bodies, triton, config, direct_rows=paired_rows))
 
@@ -410,7 +464,7 @@ def _triton(existing: TritonTarget | None, log_dir: Path) -> Iterator[TritonTarg
         return
     with LocalTriton(free_ports(), log_to=log_dir / "tritonserver.log") as server:
         assert server.pid is not None
-        yield TritonTarget(server.grpc_url, server.pid)
+        yield TritonTarget(server.grpc_url, server.pid, http_url=server.http_url.removeprefix("http://"))
 
 
 def run_bench(

@@ -300,7 +300,7 @@ def test_gateway_probes_config_and_graceful_termination(render: Renderer) -> Non
     )
     namespace = headless["metadata"]["namespace"]
     assert data["BIDGW_TRITON_URL"] == (
-        f"dns:///{headless['metadata']['name']}.{namespace}.svc.cluster.local:8001"
+        f"dns:///{headless['metadata']['name']}.{namespace}.svc.cluster.local:8000"
     )
     assert "replicas" not in gateway["spec"], "the HPA owns the replica count"
 
@@ -342,7 +342,7 @@ def test_triton_gpu_shm_probes_and_service(render: Renderer) -> None:
     assert ctr["livenessProbe"]["httpGet"] == {"path": "/v2/health/live", "port": "http"}
     assert "--model-control-mode=none" in ctr["args"]
     assert not any(arg.startswith("--model-config-name") for arg in ctr["args"])
-    # HTTP (8000) serves the kubelet's probes only: the Service carries gRPC and metrics.
+    # The ClusterIP Service carries gRPC and metrics; inference over HTTP goes through the headless one.
     assert sorted(port["port"] for port in service(objects, "triton")["spec"]["ports"]) == [8001, 8002]
     assert pod["topologySpreadConstraints"]
 
@@ -417,8 +417,10 @@ def test_only_gateway_pods_reach_triton_inference(render: Renderer) -> None:
     assert policy["spec"]["policyTypes"] == ["Ingress"]
     rules = policy["spec"]["ingress"]
     allowed = {port["port"]: rule["from"] for rule in rules for port in rule["ports"]}
-    assert set(allowed) == {8001, 8002}, "Triton's HTTP port (model control) is reachable by no pod"
-    assert allowed[8001] == [{"podSelector": {"matchLabels": gateway_labels}}]
+    assert set(allowed) == {8000, 8001, 8002}
+    # Inference on either protocol from this release's gateways only; model control stays off.
+    assert allowed[8000] == allowed[8001] == [{"podSelector": {"matchLabels": gateway_labels}}]
+    assert "--model-control-mode=none" in container(one(objects, "Deployment", "triton"))["args"]
     assert allowed[8002] == [
         {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
     ]
@@ -441,6 +443,7 @@ def test_minimal_renders_only_the_gateway(render: Renderer) -> None:
     assert "topologySpreadConstraints" not in pod_spec(gateway)
     data = one(objects, "ConfigMap", "gateway")["data"]
     assert data["BIDGW_TRITON_URL"] == "triton.inference.svc.cluster.local:8001"
+    assert data["BIDGW_TRITON_PROTOCOL"] == "grpc"
 
 
 def test_external_triton_needs_a_url(chart: helm.Chart) -> None:
@@ -456,17 +459,19 @@ def test_gateway_reaches_every_triton_pod_through_the_headless_service(render: R
     triton = one(objects, "Deployment", "triton")
     [headless] = [svc for svc in find(objects, "Service", "triton") if svc["spec"].get("clusterIP") == "None"]
     spec = headless["spec"]
-    # One A record per ready pod of this Deployment, on the gRPC port only (metrics stay on the ClusterIP
-    # Service, so no pod is scraped twice).
+    # One A record per ready pod of this Deployment, on the inference ports only (metrics stay on the
+    # ClusterIP Service, so no pod is scraped twice).
     assert spec["selector"].items() <= triton["spec"]["template"]["metadata"]["labels"].items()
     assert spec["publishNotReadyAddresses"] is False
     assert spec["ports"] == [
-        {"name": "grpc", "port": 8001, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"}
+        {"name": "http", "port": 8000, "targetPort": "http", "protocol": "TCP", "appProtocol": "http"},
+        {"name": "grpc", "port": 8001, "targetPort": "grpc", "protocol": "TCP", "appProtocol": "grpc"},
     ]
     data = one(objects, "ConfigMap", "gateway")["data"]
     # The gateway's own parser takes the rendered target as a name to re-resolve, on the configured period.
     settings = Settings(
         triton_url=data["BIDGW_TRITON_URL"],
+        triton_protocol=data["BIDGW_TRITON_PROTOCOL"],
         triton_resolve_interval_s=data["BIDGW_TRITON_RESOLVE_INTERVAL_S"],
     )
     target = parse_target(settings.triton_url)
@@ -475,7 +480,9 @@ def test_gateway_reaches_every_triton_pod_through_the_headless_service(render: R
         target.name.host
         == f"{headless['metadata']['name']}.{headless['metadata']['namespace']}.svc.cluster.local"
     )
-    assert target.name.port == 8001
+    # The default protocol is HTTP/REST (measured cheaper per call): Triton's HTTP port.
+    assert settings.triton_protocol == "http"
+    assert target.name.port == 8000
     assert 0 < settings.triton_resolve_interval_s <= 30
 
 
@@ -492,11 +499,15 @@ def test_triton_caps_grpc_connection_age_for_plain_grpc_clients(render: Renderer
     assert not any(arg.startswith("--grpc-max-connection-age") for arg in args)
 
 
-def test_cluster_domain_and_an_explicit_target_are_honoured(render: Renderer) -> None:
+def test_cluster_domain_protocol_and_an_explicit_target_are_honoured(render: Renderer) -> None:
     values = ci_values("default")
     values["clusterDomain"] = "corp.internal"
     data = one(render(values), "ConfigMap", "gateway")["data"]
+    assert data["BIDGW_TRITON_URL"].endswith(".svc.corp.internal:8000")
+    values["gateway"] = {**values.get("gateway", {}), "config": {"tritonProtocol": "grpc"}}
+    data = one(render(values), "ConfigMap", "gateway")["data"]
     assert data["BIDGW_TRITON_URL"].endswith(".svc.corp.internal:8001")
+    assert data["BIDGW_TRITON_PROTOCOL"] == "grpc"
     values["gateway"] = {
         **values.get("gateway", {}),
         "config": {"tritonUrl": "ipv4:10.0.0.1:8001,10.0.0.2:8001"},

@@ -155,7 +155,9 @@ def test_stack_shape() -> None:
     assert "stack" in triton["ulimits"]
     assert "./triton_models:/models:ro" in triton["volumes"]
     assert "--model-control-mode=none" in triton["command"]
-    assert services["gateway"]["environment"]["BIDGW_TRITON_URL"] == "triton:8001"
+    # The gateway's default protocol is HTTP/REST: Triton's HTTP port, reached on the compose network.
+    assert services["gateway"]["environment"]["BIDGW_TRITON_URL"] == "triton:8000"
+    assert "--http-port=8000" in triton["command"]
     assert services["gateway"]["depends_on"]["triton"]["condition"] == "service_healthy"
 
 

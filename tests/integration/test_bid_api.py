@@ -29,7 +29,10 @@ EXAMPLES = SHARED_DIR / "openrtb-examples" / "requests"
 
 @pytest.fixture(scope="module")
 def gateway(triton: LocalTriton) -> Iterator[httpx.Client]:
-    with serve_in_thread(Settings(triton_url=triton.grpc_url)) as url, httpx.Client(base_url=url) as client:
+    with (
+        serve_in_thread(Settings(triton_url=triton.http_address)) as url,
+        httpx.Client(base_url=url) as client,
+    ):
         yield client
 
 

@@ -7,9 +7,9 @@ import asyncio
 import calendar
 import random
 import time
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,8 +18,10 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from gateway.core import pacing
 from gateway.core.pacing import CampaignVerdict, PacingParams
 from gateway.core.ports import AdKeys, Reservation, ReserveOutcome
-from gateway.stores.campaigns import CampaignConfig, CampaignLedger, WinOutcome, spend_key
+from gateway.stores.campaigns import CampaignConfig, CampaignLedger, WinOutcome
+from gateway.stores.keys import hold_key, new_bid_id, spend_key
 from gateway.stores.redis_store import RedisFeatureStore
+from gateway.stores.shards import RedisShards
 from tests.integration.redis_server import RedisServer
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="session")]
@@ -50,6 +52,14 @@ async def client(redis_server: RedisServer) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
+def ledger_on(client: Redis, **options: Any) -> CampaignLedger:
+    return CampaignLedger(RedisShards.standalone(client), **options)
+
+
+def store_on(ledger: CampaignLedger) -> RedisFeatureStore:
+    return RedisFeatureStore(ledger.shards, ledger, timeout_s=0.5)
+
+
 def soon() -> float:
     return time.monotonic() + 1.0
 
@@ -58,7 +68,7 @@ def reservation(
     campaign: str, price: float, user: str | None = "u1", currency: str = "USD", rate: float = 1.0
 ) -> Reservation:
     return Reservation(
-        bid_id=uuid.uuid4().hex,
+        bid_id=new_bid_id(campaign),
         campaign_id=campaign,
         user_key=user,
         price=price,
@@ -76,8 +86,8 @@ def one_ad(campaign: str) -> AdKeys:
 
 async def test_a_win_moves_the_hold_into_spend_once(client: Redis) -> None:
     clock = Clock()
-    ledger = CampaignLedger(client, clock=clock)
-    store = RedisFeatureStore(client, ledger, timeout_s=0.5)
+    ledger = ledger_on(client, clock=clock)
+    store = store_on(ledger)
     await ledger.configure("c1", CampaignConfig(daily_budget_micros=1_000_000))
     bid = reservation("c1", 2.5)
     assert await ledger.reserve([bid], soon()) == [ReserveOutcome.RESERVED]
@@ -100,7 +110,7 @@ async def test_a_win_moves_the_hold_into_spend_once(client: Redis) -> None:
 
 
 async def test_win_notice_validation(client: Redis) -> None:
-    ledger = CampaignLedger(client, clock=Clock())
+    ledger = ledger_on(client, clock=Clock())
     usd = reservation("c2", 2.0)
     eur = reservation("c2", 1.84, currency="EUR", rate=0.92)
     assert await ledger.reserve([usd, eur], soon()) == [ReserveOutcome.RESERVED] * 2  # unmanaged: recorded
@@ -112,7 +122,7 @@ async def test_win_notice_validation(client: Redis) -> None:
 
 
 async def test_an_expired_bid_is_unknown(client: Redis) -> None:
-    ledger = CampaignLedger(client, bid_ttl_s=1, win_ttl_s=1, clock=Clock())
+    ledger = ledger_on(client, bid_ttl_s=1, win_ttl_s=1, clock=Clock())
     bid = reservation("c3", 1.0)
     await ledger.reserve([bid], soon())
     await asyncio.sleep(1.2)
@@ -121,8 +131,8 @@ async def test_an_expired_bid_is_unknown(client: Redis) -> None:
 
 async def test_holds_of_bids_that_never_win_expire_with_their_bucket(client: Redis) -> None:
     clock = Clock()
-    ledger = CampaignLedger(client, bid_ttl_s=300, clock=clock)
-    store = RedisFeatureStore(client, ledger, timeout_s=0.5)
+    ledger = ledger_on(client, bid_ttl_s=300, clock=clock)
+    store = store_on(ledger)
     await ledger.configure("c4", CampaignConfig(daily_budget_micros=10_000))
     assert await ledger.reserve([reservation("c4", 6.0)], soon()) == [ReserveOutcome.RESERVED]
     assert await ledger.reserve([reservation("c4", 6.0)], soon()) == [ReserveOutcome.BUDGET_EXHAUSTED]
@@ -135,13 +145,13 @@ async def test_holds_of_bids_that_never_win_expire_with_their_bucket(client: Red
     assert state is not None
     assert state.committed_micros.tolist() == [0]
     assert await ledger.reserve([reservation("c4", 6.0)], soon()) == [ReserveOutcome.RESERVED]
-    ttl = await client.ttl(f"bidgw:camp:c4:resv:{int(clock.now // 300)}")
+    ttl = await client.ttl(hold_key("c4", int(clock.now // 300)))
     assert 0 < ttl <= 600  # the key itself expires too: nothing leaks
 
 
 async def test_a_small_budget_is_never_overspent_under_concurrent_bids(client: Redis) -> None:
     # About correctness, not latency: 300 concurrent holds on a busy CI box can outlast the 50 ms default.
-    ledger = CampaignLedger(client, clock=Clock(), timeout_s=1.0)
+    ledger = ledger_on(client, clock=Clock(), timeout_s=1.0)
     budget = 50_000
     await ledger.configure("c5", CampaignConfig(daily_budget_micros=budget))
     rng = random.Random(5)
@@ -157,8 +167,8 @@ async def test_a_small_budget_is_never_overspent_under_concurrent_bids(client: R
 
 async def test_frequency_cap_per_user_per_day_resets_at_utc_midnight(client: Redis) -> None:
     clock = Clock(now=DAY_START + 23 * 3600 + 3000)  # 23:50 UTC
-    ledger = CampaignLedger(client, clock=clock)
-    store = RedisFeatureStore(client, ledger, timeout_s=0.5)
+    ledger = ledger_on(client, clock=clock)
+    store = store_on(ledger)
     await ledger.configure("c6", CampaignConfig(freq_cap=2))
     for _ in range(2):
         bid = reservation("c6", 1.0, user="alice")
@@ -187,8 +197,8 @@ async def simulate_day(client: Redis, campaign: str, params: PacingParams, seed:
     """A compressed day: a bid opportunity every 15 simulated seconds (5,760), each won at CPM 1.000 when
     the campaign passes its rules; 12x more traffic than the budget buys. Returns spend per UTC hour."""
     clock = Clock(now=float(DAY_START))
-    ledger = CampaignLedger(client, clock=clock)
-    store = RedisFeatureStore(client, ledger, timeout_s=0.5)
+    ledger = ledger_on(client, clock=clock)
+    store = store_on(ledger)
     budget = 480_000  # 480 impressions at 1,000 micro-USD
     await ledger.configure(campaign, CampaignConfig(daily_budget_micros=budget))
     rng = np.random.default_rng(seed)

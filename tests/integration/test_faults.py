@@ -60,7 +60,7 @@ async def test_triton_killed_mid_load_every_bid_answered_in_time_then_recovers()
     await asyncio.to_thread(triton.start)
     try:
         # A process of its own: the load generator here must not share the gateway's GIL.
-        with gateway_process({"BIDGW_TRITON_URL": triton.grpc_url}) as gateway:
+        with gateway_process({"BIDGW_TRITON_URL": triton.http_address}) as gateway:
             url = f"{gateway.url}/v1/bid"
             await first_scored_bid(url, body, timeout_s=10.0)
 
@@ -120,7 +120,7 @@ def test_a_slow_model_cannot_make_a_bid_late(slow_triton: LocalTriton) -> None:
     tmax_ms = 60
     body = bid_body(tmax_ms)
     with (
-        serve_in_thread(Settings(triton_url=slow_triton.grpc_url)) as url,
+        serve_in_thread(Settings(triton_url=slow_triton.http_address)) as url,
         httpx.Client(base_url=url) as client,
     ):
         for _ in range(5):
@@ -162,7 +162,12 @@ def executed(triton: LocalTriton) -> float:
 async def test_stale_bids_are_dropped_inside_triton_not_executed_late(slow_triton: LocalTriton) -> None:
     tmax_ms = 60  # a 50 ms budget against a 150 ms execute: generous margins for a noisy machine
     # Every bid reaches Triton at once: no breaker in the way, no cap on the gateway's calls in flight.
-    settings = Settings(triton_url=slow_triton.grpc_url, breaker_failure_threshold=1000, batch_concurrency=16)
+    settings = Settings(
+        triton_url=slow_triton.http_address,
+        breaker_failure_threshold=1000,
+        batch_concurrency=16,
+        batch_concurrency_mode="fixed",
+    )
     before = failures(slow_triton)
     dropped_before = before.get("REJECTED", 0.0) + before.get("CANCELED", 0.0)
     executed_before = executed(slow_triton)
@@ -181,11 +186,12 @@ async def test_the_queue_timeout_makes_triton_reject_queued_bids(slow_triton: Lo
     # The model needs 150 ms per execute: a bid that has not started with that much budget left cannot
     # finish in time, and Triton should reject it from its queue while the gateway still waits.
     settings = Settings(
-        triton_url=slow_triton.grpc_url,
+        triton_url=slow_triton.http_address,
         breaker_failure_threshold=1000,
         server_cap_ms=1000,
         batch_upstream_latency_us=(SLOW_MODEL_SLEEP_MS + 50) * 1000,
         batch_concurrency=16,
+        batch_concurrency_mode="fixed",
     )
     rejected_before = failures(slow_triton).get("REJECTED", 0.0)
     # A trickle, not a burst: Triton 2.51's batcher (queue policy, prefetch off) checks queue timeouts

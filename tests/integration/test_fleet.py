@@ -117,7 +117,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 fleet.triton(host).start()
             dns.set(NAME, list(HOSTS[:3]))
             env = {
-                "BIDGW_TRITON_URL": f"dns://{dns.address}/{NAME}:{fleet.ports.grpc}",
+                "BIDGW_TRITON_URL": f"dns://{dns.address}/{NAME}:{fleet.ports.http}",
                 "BIDGW_TRITON_RESOLVE_INTERVAL_S": str(RESOLVE_INTERVAL_S),
                 "BIDGW_WORKERS": "2",
                 "BIDGW_LOG_LEVEL": "warning",
@@ -214,7 +214,7 @@ async def test_2_a_sigkilled_triton_costs_no_error_and_rejoins_after_restart(fle
         f"\nMEASURED: Triton SIGKILLed under load: {len(outcomes)} bids, 0 errors, "
         f"{len(degraded_after)} degraded, the last sent {last_degraded_s:.2f} s after the kill"
     )
-    assert last_degraded_s <= 2.0
+    assert last_degraded_s <= 2.0, "\n".join(g.log()[-3000:] for g in fleet.gateways)
     assert sum(1 for o in outcomes if o.started >= killed_at + 2.0 and not o.degraded) >= 100
 
     victim.stop()

@@ -52,7 +52,7 @@ async def test_three_times_capacity_is_shed_fast_and_admitted_bids_keep_their_la
     ads = ads_with_distinct_advertisers(5)
     body = orjson.dumps(site_request([candidate(ad, bid=2.0 + i) for i, ad in enumerate(ads)], tmax=200))
     env = {
-        "BIDGW_TRITON_URL": capped_triton.grpc_url,
+        "BIDGW_TRITON_URL": capped_triton.http_address,
         "BIDGW_MAX_INFLIGHT_BIDS": str(MAX_INFLIGHT),
         "BIDGW_LOG_LEVEL": "warning",
     }

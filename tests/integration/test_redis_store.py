@@ -1,5 +1,6 @@
 """The Redis feature store against a real redis-server: same rows as the embedded store, one round trip
-per bid, a local cache with single flight, and deadlines kept when Redis is down or stalled."""
+(one script call) per bid, a local cache with single flight, and deadlines kept when Redis is down or
+stalled."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import time
 from collections.abc import AsyncIterator, Iterator, Sequence
 from typing import Any
 
+import hiredis
 import numpy as np
 import pytest
-from redis.asyncio import Redis
+from redis.asyncio import ConnectionPool, Redis
+from redis.asyncio.connection import Connection
 
 from gateway.config import REPO_ROOT
 from gateway.core.ports import AdKeys
@@ -18,6 +21,7 @@ from gateway.stores.campaigns import CampaignConfig, CampaignLedger
 from gateway.stores.embedded import EmbeddedFeatureStore
 from gateway.stores.redis_store import RedisFeatureStore
 from gateway.stores.seed import seed_redis
+from gateway.stores.shards import RedisShards
 from tests.integration.bid_requests import snapshot
 from tests.integration.redis_server import RedisServer
 
@@ -26,16 +30,27 @@ SNAPSHOTS = REPO_ROOT / "data" / "snapshots"
 
 
 class RecordingRedis(Redis):
-    """Counts MGETs and the keys each carried (to prove one round trip and single flight)."""
+    """A client whose connections record the keys each command carried (EVALSHA's KEYS, MGET's), decoded
+    from the bytes actually sent, and send them over a slow network (5 ms) so concurrent bids overlap."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, url: str) -> None:
         self.mgets: list[list[str]] = []
+        recorded = self.mgets
 
-    async def mget(self, keys: Any, *args: Any) -> Any:
-        self.mgets.append(list(keys))
-        await asyncio.sleep(0.005)  # a slow network: lets concurrent bids overlap one fetch
-        return await super().mget(keys, *args)
+        class RecordingConnection(Connection):
+            async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+                reader = hiredis.Reader()
+                reader.feed(command if isinstance(command, bytes) else b"".join(command))
+                while (args := reader.gets()) is not False:
+                    name = bytes(args[0]).upper()
+                    if name == b"EVALSHA":
+                        recorded.append([k.decode() for k in args[3 : 3 + int(args[2])]])
+                    elif name == b"MGET":
+                        recorded.append([k.decode() for k in args[1:]])
+                await asyncio.sleep(0.005)
+                await super().send_packed_command(command, check_health)
+
+        super().__init__(connection_pool=ConnectionPool.from_url(url, connection_class=RecordingConnection))
 
 
 @pytest.fixture(scope="module")
@@ -51,17 +66,17 @@ def embedded() -> EmbeddedFeatureStore:
 
 @pytest.fixture
 async def client(redis_server: RedisServer) -> AsyncIterator[RecordingRedis]:
-    client = RecordingRedis.from_url(redis_server.url)
-    assert isinstance(client, RecordingRedis)
+    client = RecordingRedis(redis_server.url)
     await client.flushall()
-    await seed_redis(client, SNAPSHOTS)
+    await seed_redis(RedisShards.standalone(client), SNAPSHOTS)
     client.mgets.clear()
     yield client
     await client.aclose()
 
 
 def store_on(client: Redis, **options: Any) -> RedisFeatureStore:
-    return RedisFeatureStore(client, CampaignLedger(client), timeout_s=0.5, **options)
+    shards = RedisShards.standalone(client)
+    return RedisFeatureStore(shards, CampaignLedger(shards), timeout_s=0.5, **options)
 
 
 def keys_for(ads: Sequence[dict[str, Any]]) -> AdKeys:
@@ -107,7 +122,7 @@ async def test_one_round_trip_per_bid_then_the_cache(client: RecordingRedis) -> 
     await ledger.configure(ads[0]["campaign_id"], CampaignConfig(daily_budget_micros=10**9, freq_cap=3))
     user = snapshot("users")[0]["id"]
     found = await store.lookup(user, keys_for(ads), time.monotonic() + 1)
-    [first] = client.mgets
+    [first] = client.mgets  # one script call
     campaigns = len({a["campaign_id"] for a in ads})
     # user row + 50 ad rows + per campaign: config, spend, two hold buckets, the user's impressions
     assert len(first) == 1 + 50 + campaigns * 5
@@ -130,14 +145,16 @@ async def test_concurrent_bids_share_one_fetch_of_a_cold_key(client: RecordingRe
     fetched = [key for keys in client.mgets for key in keys if ":a:" in key]
     assert len(fetched) == len(set(fetched)) == 10  # each cold ad row read from Redis once
     assert len(client.mgets) == 20  # and still one round trip per bid (its campaign state)
+    assert store.stats.failures == 0
     assert store.stats.shared_fetches == 19 * 20  # 19 bids x (10 ads + 10 configs) awaited the first
 
 
 async def test_stalled_redis_keeps_the_deadline_and_serves_cached_ads(redis_server: RedisServer) -> None:
     client = Redis.from_url(redis_server.url)
     await client.flushall()
-    await seed_redis(client, SNAPSHOTS)
-    store = RedisFeatureStore(client, CampaignLedger(client), timeout_s=0.02)
+    shards = RedisShards.standalone(client)
+    await seed_redis(shards, SNAPSHOTS)
+    store = RedisFeatureStore(shards, CampaignLedger(shards), timeout_s=0.02)
     ads = snapshot("ads")[:5]
     user = snapshot("users")[0]["id"]
     warm = await store.lookup(user, keys_for(ads), time.monotonic() + 1)
@@ -172,7 +189,7 @@ async def test_redis_down_at_start_and_back_later() -> None:
     assert down.degraded
     assert not down.ads.known.any()
     with server:
-        await seed_redis(store.client, SNAPSHOTS)
+        await seed_redis(store.shards, SNAPSHOTS)
         up = await store.lookup(snapshot("users")[0]["id"], keys_for(ads), time.monotonic() + 1)
         assert up.user.known
         assert up.ads.known.all()

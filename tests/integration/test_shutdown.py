@@ -84,7 +84,7 @@ async def test_sigterm_finishes_every_bid_in_flight_then_exits(slow_triton: Loca
     ads = ads_with_distinct_advertisers(3)
     body = orjson.dumps(site_request([candidate(ad, bid=2.0 + i) for i, ad in enumerate(ads)], tmax=5000))
     env = {
-        "BIDGW_TRITON_URL": slow_triton.grpc_url,
+        "BIDGW_TRITON_URL": slow_triton.http_address,
         "BIDGW_SERVER_CAP_MS": "5000",
         "BIDGW_BATCH_MAX_WAIT_US": "20000",  # the 8 bids leave as one Triton call
         "BIDGW_DRAIN_DELAY_S": str(DRAIN_DELAY_S),
@@ -127,7 +127,7 @@ async def test_sigterm_finishes_every_bid_in_flight_then_exits(slow_triton: Loca
 
 
 def test_a_gateway_that_was_never_loaded_exits_promptly_on_sigterm(slow_triton: LocalTriton) -> None:
-    env = {"BIDGW_TRITON_URL": slow_triton.grpc_url, "BIDGW_DRAIN_DELAY_S": "0.2"}
+    env = {"BIDGW_TRITON_URL": slow_triton.http_address, "BIDGW_DRAIN_DELAY_S": "0.2"}
     with gateway_process(env) as gateway:
         sigterm_at = time.monotonic()
         gateway.process.send_signal(signal.SIGTERM)

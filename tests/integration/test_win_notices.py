@@ -12,7 +12,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
@@ -28,7 +27,9 @@ from gateway.config import REPO_ROOT, Settings
 from gateway.core.ports import Reservation, ReserveOutcome
 from gateway.local_triton import LocalTriton, free_port
 from gateway.stores.campaigns import CampaignConfig, CampaignLedger
+from gateway.stores.keys import new_bid_id
 from gateway.stores.seed import seed_redis
+from gateway.stores.shards import RedisShards
 from tests.integration.bid_requests import candidate, site_request, snapshot
 from tests.integration.gateway_server import serve_in_thread
 from tests.integration.redis_server import RedisServer
@@ -45,23 +46,23 @@ def redis_server() -> Iterator[RedisServer]:
 
 
 def on_redis(coroutine_factory: Any, url: str) -> Any:
-    """Run one async Redis job from a sync test (its own loop and client)."""
+    """Run one async Redis job from a sync test (its own loop and shards)."""
 
     async def job() -> Any:
-        client = Redis.from_url(url)
+        shards = RedisShards.standalone(Redis.from_url(url))
         try:
-            return await coroutine_factory(client)
+            return await coroutine_factory(shards)
         finally:
-            await client.aclose()
+            await shards.aclose()
 
     return asyncio.run(job())
 
 
 def reset(url: str, campaigns: dict[str, CampaignConfig] | None = None) -> None:
-    async def job(client: Redis) -> None:
-        await client.flushall()
-        await seed_redis(client, SNAPSHOTS)
-        ledger = CampaignLedger(client)
+    async def job(shards: RedisShards) -> None:
+        await shards.shard_for_slot(0).client.flushall()
+        await seed_redis(shards, SNAPSHOTS)
+        ledger = CampaignLedger(shards)
         for cid, config in (campaigns or {}).items():
             await ledger.configure(cid, config)
 
@@ -69,13 +70,15 @@ def reset(url: str, campaigns: dict[str, CampaignConfig] | None = None) -> None:
 
 
 def spend(url: str, campaign_id: str) -> int:
-    return int(on_redis(lambda client: CampaignLedger(client).spend_micros(campaign_id), url))
+    return int(on_redis(lambda shards: CampaignLedger(shards).spend_micros(campaign_id), url))
 
 
 def redis_settings(redis: RedisServer, triton_url: str | None = None, **overrides: Any) -> Settings:
     # Gateways, load threads and Redis clients share this process's GIL here: a roomier Redis cap than
-    # production's 10 ms keeps a starved event loop from turning into spurious degraded (unheld) bids.
+    # production's 10 ms keeps a starved event loop from turning into spurious degraded (unheld) bids, and
+    # no shedding on event loop lag (a saturated CPU is not the subject here).
     overrides.setdefault("redis_timeout_ms", 50.0)
+    overrides.setdefault("overload_lag_target_ms", 0)
     return Settings(
         triton_url=triton_url or f"127.0.0.1:{free_port()}",
         store_backend="redis",
@@ -111,10 +114,10 @@ def test_2000_concurrent_notices_with_duplicates_count_each_win_exactly_once(
     for i in range(1600):
         bid_price = f"{rng.uniform(0.5, 20.0):.3f}"
         clearing = f"{float(bid_price) * rng.uniform(0.5, 1.0):.3f}"
-        bids.append((uuid.uuid4().hex, campaigns[i % 4], bid_price, clearing))
+        bids.append((new_bid_id(campaigns[i % 4]), campaigns[i % 4], bid_price, clearing))
 
-    async def record(client: Redis) -> list[ReserveOutcome]:
-        ledger = CampaignLedger(client, timeout_s=10)  # 1,600 holds in one script
+    async def record(shards: RedisShards) -> list[ReserveOutcome]:
+        ledger = CampaignLedger(shards, timeout_s=10)  # 1,600 holds in one script
         holds = [
             Reservation(bid_id, cid, f"user-{n % 50}", float(p), "USD", 1.0, micros(p))
             for n, (bid_id, cid, p, _) in enumerate(bids)
@@ -145,10 +148,11 @@ def test_2000_concurrent_notices_with_duplicates_count_each_win_exactly_once(
 
 def test_bad_notices_get_a_4xx_naming_the_problem(redis_server: RedisServer) -> None:
     reset(redis_server.url)
+    eur_bid = new_bid_id("c")
 
-    async def record(client: Redis) -> None:
-        await CampaignLedger(client).reserve(
-            [Reservation("eur-bid", "c", None, 1.84, "EUR", 0.92, 2000)], time.monotonic() + 5
+    async def record(shards: RedisShards) -> None:
+        await CampaignLedger(shards).reserve(
+            [Reservation(eur_bid, "c", None, 1.84, "EUR", 0.92, 2000)], time.monotonic() + 5
         )
 
     on_redis(record, redis_server.url)
@@ -159,8 +163,8 @@ def test_bad_notices_get_a_4xx_naming_the_problem(redis_server: RedisServer) -> 
         ({"bid_id": "x", "price": -1.0}, 422, "invalid_value", "price"),
         ({"bid_id": "", "price": 1.0}, 422, "invalid_value", "bid_id"),
         ({"bid_id": "nope", "price": 1.0}, 404, "unknown_bid", "bid_id"),
-        ({"bid_id": "eur-bid", "price": 1.85}, 422, "price_above_bid", "price"),
-        ({"bid_id": "eur-bid", "price": 1.0, "cur": "USD"}, 422, "currency_mismatch", "cur"),
+        ({"bid_id": eur_bid, "price": 1.85}, 422, "price_above_bid", "price"),
+        ({"bid_id": eur_bid, "price": 1.0, "cur": "USD"}, 422, "currency_mismatch", "cur"),
     ]
     with serve_in_thread(redis_settings(redis_server)) as url, httpx.Client(base_url=url) as client:
         for body, status, code, field in cases:
@@ -169,8 +173,8 @@ def test_bad_notices_get_a_4xx_naming_the_problem(redis_server: RedisServer) -> 
             assert response.json()["error"]["code"] == code
             assert response.json()["error"]["field"] == field
             assert response.json()["error"]["message"]
-        ok = win(client, {"bid_id": "eur-bid", "price": 1.84, "cur": "EUR"})
-        assert ok.json() == {"bid_id": "eur-bid", "duplicate": False, "campaign_id": "c", "cost_micros": 2000}
+        ok = win(client, {"bid_id": eur_bid, "price": 1.84, "cur": "EUR"})
+        assert ok.json() == {"bid_id": eur_bid, "duplicate": False, "campaign_id": "c", "cost_micros": 2000}
         spec = client.get("/openapi.json").json()
         assert {"200", "400", "404", "422"} <= set(spec["paths"]["/v1/events/win"]["post"]["responses"])
 
@@ -208,7 +212,7 @@ def test_a_bid_then_its_win_is_billed_once(redis_server: RedisServer, triton: Lo
     ad = snapshot("ads")[0]
     reset(redis_server.url, {ad["campaign_id"]: CampaignConfig(daily_budget_micros=10**9)})
     with (
-        serve_in_thread(redis_settings(redis_server, triton.grpc_url)) as url,
+        serve_in_thread(redis_settings(redis_server, triton.http_address)) as url,
         httpx.Client(base_url=url) as client,
     ):
         [bid] = returned_bids(client.post("/v1/bid", content=bid_request(ad, "alice"), headers=HEADERS))
@@ -229,7 +233,7 @@ def test_a_small_budget_under_concurrent_bidding_is_not_overspent(
     reset(redis_server.url, {ad["campaign_id"]: CampaignConfig(daily_budget_micros=budget)})
     # A bid whose lookup times out goes out unheld and unrecorded (fail open, see docs/pacing.md); with
     # load threads sharing the gateways' GIL, a generous cap keeps this test about holds, not stalls.
-    settings = redis_settings(redis_server, triton.grpc_url, pacing_horizon_s=0, redis_timeout_ms=150.0)
+    settings = redis_settings(redis_server, triton.http_address, pacing_horizon_s=0, redis_timeout_ms=150.0)
     with ExitStack() as stack:
         clients = [
             stack.enter_context(
@@ -270,7 +274,7 @@ def test_frequency_cap_stops_bidding_for_that_user_only(
     ad = snapshot("ads")[2]
     reset(redis_server.url, {ad["campaign_id"]: CampaignConfig(freq_cap=2)})
     with (
-        serve_in_thread(redis_settings(redis_server, triton.grpc_url)) as url,
+        serve_in_thread(redis_settings(redis_server, triton.http_address)) as url,
         httpx.Client(base_url=url) as client,
     ):
         for _ in range(2):
@@ -297,7 +301,7 @@ def test_killing_redis_mid_load_costs_no_5xx_and_no_deadline(triton: LocalTriton
     results: list[tuple[float, float, int, str | None]] = []  # (sent at, seconds, status, exhausted reason)
     stop = threading.Event()
     try:
-        with serve_in_thread(redis_settings(server, triton.grpc_url)) as url:
+        with serve_in_thread(redis_settings(server, triton.http_address)) as url:
 
             def load() -> None:
                 with httpx.Client(base_url=url, timeout=2) as client:

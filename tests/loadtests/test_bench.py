@@ -18,7 +18,8 @@ KSERVE_PYTHON = REPO_ROOT / ".venv-kserve" / "bin" / "python"
 
 def test_tiny_bench_writes_results_report_and_plots(triton: LocalTriton, tmp_path: Path) -> None:
     # The KServe arm needs its own venv (make bench builds it); without it the other arms still run.
-    arms = "direct,http-floor,gateway,kserve" if KSERVE_PYTHON.exists() else "direct,http-floor,gateway"
+    both = "direct,http-floor,gateway,gateway-grpc"
+    arms = f"{both},kserve" if KSERVE_PYTHON.exists() else both
     assert triton.pid is not None
     result = subprocess.run(
         [
@@ -32,6 +33,8 @@ def test_tiny_bench_writes_results_report_and_plots(triton: LocalTriton, tmp_pat
             triton.grpc_url,
             "--triton-pid",
             str(triton.pid),
+            "--triton-http-url",
+            triton.http_address,
             "--results",
             str(tmp_path / "bench.json"),
             "--report",
@@ -59,6 +62,16 @@ def test_tiny_bench_writes_results_report_and_plots(triton: LocalTriton, tmp_pat
     report = (tmp_path / "benchmarks.md").read_text()
     assert "Headline ratios" in report
     assert "## Targets" in report
+    # Both transports bid the same: the same winners at the same prices for the same requests.
+    assert document["meta"]["answers_match_gateway"]["gateway-grpc"] is True
+    # The gateway arms say how many bids went into each Triton call; the others have no batcher.
+    for arm in document["arms"]:
+        merged = arm["fixed_rate"]["callers_per_call"]
+        assert (merged is not None and merged >= 1.0) == arm["name"].startswith("gateway"), arm["name"]
+    assert "Bids per Triton call" in report
+    bests = {arm["name"]: arm["max_throughput_within_p99_bound"] for arm in document["arms"]}
+    if bests["gateway"] and bests["gateway-grpc"]:
+        assert document["ratios"]["http_vs_grpc_server_cpu_per_bid_at_max"] is not None
     gateway = next(arm for arm in document["arms"] if arm["name"] == "gateway")
     [paired] = gateway["paired_with_direct"]  # --tiny: one round
     assert paired["direct"]["bids"] > 0

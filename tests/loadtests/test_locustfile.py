@@ -22,7 +22,7 @@ LOCUST = REPO_ROOT / ".venv-locust" / "bin" / "locust"
 
 def test_locustfile_runs_headless_without_failures(triton: LocalTriton, tmp_path: Path) -> None:
     assert LOCUST.exists(), f"{LOCUST} is missing: `make .stamps/locust` builds it"
-    with gateway_process({"BIDGW_TRITON_URL": triton.grpc_url, "BIDGW_LOG_LEVEL": "warning"}) as gateway:
+    with gateway_process({"BIDGW_TRITON_URL": triton.http_address, "BIDGW_LOG_LEVEL": "warning"}) as gateway:
         result = subprocess.run(
             [
                 str(LOCUST),

@@ -79,7 +79,8 @@ over them and re-resolves on gateway.config.tritonResolveIntervalSeconds (gatewa
 {{- if .Values.gateway.config.tritonUrl }}
 {{- .Values.gateway.config.tritonUrl }}
 {{- else if .Values.triton.enabled }}
-{{- printf "dns:///%s.%s.svc.%s:8001" (include "bid-gateway.triton.headlessName" .) .Release.Namespace .Values.clusterDomain }}
+{{- $port := ternary 8000 8001 (eq .Values.gateway.config.tritonProtocol "http") }}
+{{- printf "dns:///%s.%s.svc.%s:%d" (include "bid-gateway.triton.headlessName" .) .Release.Namespace .Values.clusterDomain $port }}
 {{- else }}
 {{- fail "gateway.config.tritonUrl is required when triton.enabled=false" }}
 {{- end }}

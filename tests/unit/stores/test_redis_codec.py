@@ -5,10 +5,11 @@ from __future__ import annotations
 import msgspec
 import numpy as np
 import pytest
+from redis.crc import key_slot
 
 from gateway.config import REPO_ROOT
 from gateway.core import feature_spec as fs
-from gateway.stores import campaigns
+from gateway.stores import campaigns, keys
 from gateway.stores.campaigns import CampaignConfig, CampaignLedger, CampaignSpec
 from gateway.stores.embedded import EmbeddedFeatureStore
 from gateway.stores.redis_store import AD_ROW, USER_ROW, decode_rows, encode_rows, feature_namespace
@@ -74,18 +75,41 @@ def test_campaign_config_json_and_spec_conversion() -> None:
         campaigns.decode_config(b'{"daily_budget_micros": -1}')
 
 
-def test_state_values_decode_per_campaign() -> None:
-    values = [b"100", None, b"7", b"2", None, None, None, None]
-    committed, impressions = CampaignLedger.states_from(values, 2, has_user=True)
+def test_campaign_state_decodes_from_the_read_scripts_packed_pairs() -> None:
+    packed = np.array([[107, 2], [0, 0]], dtype="<i8").tobytes()
+    committed, impressions = CampaignLedger.read_state(packed, 2)
     assert committed.tolist() == [107, 0]
     assert impressions.tolist() == [2, 0]
-    committed, impressions = CampaignLedger.states_from([b"5", b"1", b"1"], 1, has_user=False)
-    assert committed.tolist() == [7]
-    assert impressions.tolist() == [0]
+    with pytest.raises(ValueError, match="expected 3"):
+        CampaignLedger.read_state(packed, 3)
 
 
-def test_key_names() -> None:
-    assert campaigns.spend_key("c1", "20250301") == "bidgw:camp:c1:spend:20250301"
-    assert campaigns.hold_key("c1", 42) == "bidgw:camp:c1:resv:42"
-    assert campaigns.impressions_key("c1", "20250301", "u9") == "bidgw:camp:c1:imps:20250301:u9"
-    assert campaigns.bid_key("b1") == "bidgw:bid:b1"
+def test_key_names_share_the_campaigns_hash_tag() -> None:
+    tag = keys.campaign_tag("c1")
+    assert len(tag) == 8
+    assert keys.config_key("c1") == f"bidgw:v2:camp:{{{tag}}}:c1:cfg"
+    assert keys.spend_key("c1", "20250301") == f"bidgw:v2:camp:{{{tag}}}:c1:spend:20250301"
+    assert keys.hold_key("c1", 42) == f"bidgw:v2:camp:{{{tag}}}:c1:resv:42"
+    assert keys.impressions_key("c1", "20250301", "u9") == f"bidgw:v2:camp:{{{tag}}}:c1:imps:20250301:u9"
+    # Redis Cluster hashes only the tag: every key of the campaign, and its bid records, share one slot.
+    bid_id = keys.new_bid_id("c1")
+    slot = key_slot(keys.config_key("c1").encode())
+    for key in (
+        keys.spend_key("c1", "20250301"),
+        keys.hold_key("c1", 42),
+        keys.impressions_key("c1", "20250301", "any:user{with}braces"),
+        keys.bid_key(tag, bid_id),
+    ):
+        assert key_slot(key.encode()) == slot
+    # A campaign id with braces or colons still gets a brace-free tag.
+    assert key_slot(keys.spend_key("}x{", "20250301").encode()) == key_slot(keys.config_key("}x{").encode())
+
+
+def test_a_bid_id_names_its_campaigns_tag() -> None:
+    bid_id = keys.new_bid_id("c1")
+    assert len(bid_id) == 41
+    assert keys.bid_tag(bid_id) == keys.campaign_tag("c1")
+    assert keys.new_bid_id("c1") != bid_id
+    # Ids this layout did not make (the old 32-hex ids, anything an exchange invents) carry no tag.
+    for other in ("0" * 32, "nope", "zzzzzzzz-" + "0" * 32, "01234567_" + "0" * 32, ""):
+        assert keys.bid_tag(other) is None

@@ -1,0 +1,126 @@
+"""`python -m loadtests.overload`: the gateway at 3x its capacity with the real model, where the gateway's
+own CPU (shared with Triton and this generator) is what saturates. Prints and writes what issue 14 asks of
+the answer, as measurements (not pass/fail: on a 2-core box the generator competes for the same cores):
+
+  capacity      the highest achieved rate of a x1.3 ladder whose p99 stays within --p99-bound-ms, no error
+  unloaded      p50/p99 at a quarter of capacity
+  at 3x         admitted (200) p50/p99, shed (503) count and p99, the worst answer against tmax, other
+                errors, RSS before/after, and goodput: bids served per second / capacity
+
+Starts a local Triton (the committed model) and one gateway worker with its defaults (or --env K=V ...).
+Writes loadtests/results/overload.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+import uvloop
+
+from gateway.local_triton import REPO_ROOT, LocalTriton, free_ports
+from loadtests.bench.openloop import StepSamples, http_request_bytes, run_http_step
+from loadtests.bench.processes import Server, start_gateway
+from loadtests.workload import Workload, WorkloadConfig
+
+log = logging.getLogger("loadtests.overload")
+
+
+def _p(latencies: list[float], q: float) -> float:
+    return round(float(np.percentile(latencies, q)) * 1000.0, 2) if latencies else 0.0
+
+
+def _rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def _step(server: Server, payloads: list[bytes], rate: float, seconds: float, seed: int) -> StepSamples:
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(
+            run_http_step(
+                "127.0.0.1",
+                server.port,
+                payloads,
+                rate=rate,
+                duration_s=seconds,
+                seed=seed,
+                max_connections=512,
+            )
+        )
+
+
+def measure(server: Server, payloads: list[bytes], p99_bound_ms: float, tmax_ms: int) -> dict[str, Any]:
+    _step(server, payloads, 100.0, 1.0, seed=99)  # warm caches and connections
+    rate, capacity = 150.0, 0.0
+    for seed in range(12):
+        samples = _step(server, payloads, rate, 2.0, seed)
+        if samples.errors or samples.unfinished or _p(samples.latencies_s, 99) > p99_bound_ms:
+            break
+        capacity = len(samples.latencies_s) / samples.duration_s
+        rate *= 1.3
+    if capacity == 0:
+        raise SystemExit("not even the first step (150 bids/s) stayed within the p99 bound")
+    unloaded = _step(server, payloads, capacity / 4, 3.0, seed=100)
+    rss_before = _rss_mib(server.pid)
+    loaded = _step(server, payloads, 3 * capacity, 5.0, seed=101)
+    rss_after = _rss_mib(server.pid)
+    admitted = loaded.latencies_s
+    shed = loaded.error_latencies_s.get("http_503", [])
+    answered = admitted + shed
+    return {
+        "capacity_bids_per_s": round(capacity, 1),
+        "unloaded_p50_ms": _p(unloaded.latencies_s, 50),
+        "unloaded_p99_ms": _p(unloaded.latencies_s, 99),
+        "offered_bids_per_s": round(3 * capacity, 1),
+        "admitted": len(admitted),
+        "admitted_p50_ms": _p(admitted, 50),
+        "admitted_p99_ms": _p(admitted, 99),
+        "shed": len(shed),
+        "shed_p99_ms": _p(shed, 99),
+        "worst_answer_ms": round(max(answered, default=0.0) * 1000.0, 1),
+        "answers_after_tmax": sum(1 for latency in answered if latency * 1000.0 > tmax_ms),
+        "other_errors": {k: n for k, n in loaded.error_kinds.items() if k != "http_503"},
+        "unfinished": loaded.unfinished,
+        "rss_mib_before_after": [round(rss_before, 1), round(rss_after, 1)],
+        "goodput_vs_capacity": round(len(admitted) / loaded.duration_s / capacity, 2),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m loadtests.overload", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    p.add_argument("--candidates", type=int, default=50)
+    p.add_argument("--tmax-ms", type=int, default=100)
+    p.add_argument("--p99-bound-ms", type=float, default=25.0)
+    p.add_argument("--env", nargs="*", default=[], help="BIDGW_K=V settings for the gateway")
+    p.add_argument("--out", type=Path, default=REPO_ROOT / "loadtests" / "results" / "overload.json")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    workload = Workload.load(WorkloadConfig.fixed(args.candidates, tmax_mix_ms=((args.tmax_ms, 1.0),)))
+    payloads = [http_request_bytes("/v1/bid", orjson.dumps(r)) for r in workload.requests(256, seed=7)]
+    log_dir = Path(tempfile.mkdtemp(prefix="bidgw-overload-"))
+    env = dict(item.split("=", 1) for item in args.env)
+    with (
+        LocalTriton(free_ports(), log_to=log_dir / "tritonserver.log") as triton,
+        start_gateway(triton.http_address, workers=1, log_dir=log_dir, extra_env=env) as server,
+    ):
+        result = measure(server, payloads, args.p99_bound_ms, args.tmax_ms)
+    result = {"settings": env, "candidates": args.candidates, "tmax_ms": args.tmax_ms, **result}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2) + b"\n")
+    sys.stdout.write(orjson.dumps(result, option=orjson.OPT_INDENT_2).decode() + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
