@@ -136,6 +136,12 @@ class ProfileRun:
         return samples / max(self.profile.samples, 1) * self.process_cpu_us_per_bid
 
 
+def scrub_paths(text: str) -> str:
+    """The report is committed: no path of the machine that made it (py-spy writes its command line and
+    the profiled process's, with absolute paths, into the flamegraph)."""
+    return text.replace(str(REPO_ROOT) + "/", "").replace(str(REPO_ROOT), ".")
+
+
 def _py_spy() -> str:
     found = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
     if not Path(found).exists():
@@ -200,6 +206,7 @@ def profile_gateway(args: argparse.Namespace, out_dir: Path) -> ProfileRun:
         log.info("recording the flamegraph (%s s at %s bids/s)", args.seconds, args.rate)
         with _recording(server.pid, svg, "flamegraph", args.seconds, args.sample_rate):
             load(args.seconds, seed=2)
+        svg.write_text(scrub_paths(svg.read_text()))
         log.info("recording the stacks for the stage table")
         cpu_before = process_tree_cpu_s(server.pid)
         with _recording(server.pid, raw, "raw", args.seconds, args.sample_rate):

@@ -31,6 +31,9 @@ _COLOURS = {
     "kserve-default-logging": "#dd8452",
 }
 _ROLES = ("server", "triton", "generator")
+# Written by `make profile` (loadtests/profile.py) beside the bench's results; the report links it.
+PROFILE = REPO_ROOT / "loadtests" / "results" / "profile.md"
+PROFILE_NAME = "profile.md"
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -337,6 +340,10 @@ def write_markdown(  # noqa: PLR0917 - one caller, every input named
         "",
         header,
         *(_row(a, a.fixed) for a in arms),
+        "",
+        "Where the gateway's CPU goes per bid: the latest `make profile`, "
+        f"[{PROFILE_NAME}]({rel(PROFILE, path.parent)}) (a table per stage) and its "
+        f"[flamegraph]({rel(PROFILE.with_suffix('.svg'), path.parent)}).",
         "",
         "## Plots",
         "",
