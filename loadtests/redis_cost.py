@@ -46,8 +46,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -58,7 +56,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from loadtests.bench.processes import process_tree_cpu_s
+from gateway.local_triton import free_port
+from loadtests.bench.processes import process_tree_cpu_s, start_gateway
 from loadtests.workload import DEFAULT_SNAPSHOTS, Workload, WorkloadConfig
 
 __all__ = ["RedisCost", "distinct_campaigns_per_bid", "main", "measure"]
@@ -235,19 +234,13 @@ def _slowlog(probe: _Probe) -> list[_SlowEntry]:
 # ------------------------------------------------------------------------------------------ processes
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @contextlib.contextmanager
 def _redis_server() -> Iterator[str]:
     """A throwaway redis-server on loopback (no persistence), the way the integration tests start one."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server not found: `make system-deps` installs it")
-    port = _free_port()
+    port = free_port()
     workdir = Path(tempfile.mkdtemp(prefix="bidgw-redis-cost-"))
     command = [
         binary,
@@ -280,48 +273,13 @@ def _redis_server() -> Iterator[str]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def _http_ok(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1.0) as response:  # noqa: S310 - loopback only
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
-
-
 @contextlib.contextmanager
-def _gateway(env: Mapping[str, str], log_path: Path) -> Iterator[tuple[str, int]]:
-    """`python -m gateway serve` (one worker) on a free loopback port: (base URL, pid)."""
-    port = _free_port()
-    full_env = {**os.environ, **env, "BIDGW_HOST": "127.0.0.1", "BIDGW_PORT": str(port)}
-    with log_path.open("wb") as log_file:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gateway", "serve"],
-            cwd=REPO_ROOT,
-            env=full_env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,  # its own group, so the stop reaches any worker it forks
-        )
-        try:
-            # Liveness, not readiness: /readyz wants the model, and Triton is left out on purpose.
-            deadline = time.monotonic() + 60
-            while not _http_ok(f"http://127.0.0.1:{port}/healthz"):
-                if process.poll() is not None or time.monotonic() > deadline:
-                    tail = log_path.read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"the gateway did not start (exit {process.poll()}):\n{tail}")
-                time.sleep(0.1)
-            yield f"http://127.0.0.1:{port}", process.pid
-        finally:
-            if process.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
+def _gateway(env: Mapping[str, str], workdir: Path) -> Iterator[tuple[str, int]]:
+    """`python -m gateway serve` (one worker) on a free loopback port, as the bench starts it: (base URL,
+    pid). Ready without Triton: fallback scoring keeps a replica ready (gateway/api/routes.py)."""
+    # Nothing listens there: every bid scores on priors, which leaves its Redis traffic unchanged.
+    with start_gateway(f"127.0.0.1:{free_port()}", workers=1, log_dir=workdir, extra_env=env) as server:
+        yield f"http://127.0.0.1:{server.port}", server.pid
 
 
 def _seed(redis_url: str, snapshots: Path, workdir: Path) -> None:
@@ -416,12 +374,8 @@ class RedisCost:
 
 def _gateway_env(backend: str, redis_url: str) -> dict[str, str]:
     return {
-        "BIDGW_WORKERS": "1",
-        "BIDGW_LOG_LEVEL": "warning",
         "BIDGW_STORE_BACKEND": backend,
         "BIDGW_REDIS_URL": redis_url,
-        # Nothing listens there: every bid scores on priors, which leaves its Redis traffic unchanged.
-        "BIDGW_TRITON_URL": f"127.0.0.1:{_free_port()}",
         "BIDGW_ON_SCORING_FAILURE": "priors",
         # The load client, gateway and Redis share this box's cores: a roomier cap than production's
         # 10 ms keeps a starved event loop from turning into failed lookups that send nothing.
@@ -453,7 +407,7 @@ def _redis_pass(
         probe.call("CONFIG", "SET", "slowlog-log-slower-than", "0")
         probe.call("CONFIG", "SET", "slowlog-max-len", str(SLOWLOG_MAX_LEN))
         try:
-            with _gateway(_gateway_env("redis", redis_url), workdir / "gateway-redis.log") as (url, pid):
+            with _gateway(_gateway_env("redis", redis_url), workdir) as (url, pid):
                 # Warm-up: opens the pool's connections and fills the worker's ad/config cache.
                 asyncio.run(_drive(url, bodies, len(bodies), concurrency))
                 # The probe's own traffic between the two snapshots, measured with nothing else running.
@@ -569,10 +523,7 @@ def _embedded_cpu_us(
     bodies: Sequence[bytes], *, bids: int, concurrency: int, workdir: Path
 ) -> tuple[float, float]:
     """(gateway CPU us per bid, bids/s) on the embedded store under the same closed loop."""
-    with _gateway(_gateway_env("embedded", "redis://127.0.0.1:1/0"), workdir / "gateway-embedded.log") as (
-        url,
-        pid,
-    ):
+    with _gateway(_gateway_env("embedded", "redis://127.0.0.1:1/0"), workdir) as (url, pid):
         asyncio.run(_drive(url, bodies, len(bodies), concurrency))
         cpu_before = process_tree_cpu_s(pid)
         tally = asyncio.run(_drive(url, bodies, bids, concurrency))
