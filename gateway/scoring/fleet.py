@@ -71,7 +71,6 @@ Resolver = Callable[[DnsName, float], Awaitable[tuple[str, ...]]]
 class FleetStats:
     """Monotonic counters and current sizes, exported by the metrics layer."""
 
-    calls: int = 0
     retries: int = 0  # calls sent again to another server after the first was unreachable
     ejections: int = 0
     readmissions: int = 0
@@ -90,7 +89,6 @@ class Server:
     outstanding_rows: int = 0
     healthy: bool = True
     silent_calls: int = 0  # consecutive calls it never answered
-    calls: int = 0
     removed: bool = False  # gone from the name: no new calls; closed once the last one returns
 
 
@@ -132,9 +130,6 @@ class TritonFleet:
     @property
     def healthy_addresses(self) -> list[str]:
         return [s.address for s in self._healthy]
-
-    def calls_per_server(self) -> dict[str, int]:
-        return {s.address: s.calls for s in self._servers.values()}
 
     async def start(self) -> None:
         if self._maintenance is not None:
@@ -214,8 +209,6 @@ class TritonFleet:
         if deadline <= time.monotonic():
             raise ScoringTimeout(f"deadline passed before calling {server.address}")
         server.outstanding_rows += rows
-        server.calls += 1
-        self.stats.calls += 1
         try:
             scores = await server.scorer.score(cat_ids, dense, deadline)
         except ScoringUnreachable as exc:
