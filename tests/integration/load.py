@@ -9,8 +9,10 @@ Both stop after `duration_s` (or when `stop` is set) and record one `Outcome` pe
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 import aiohttp
@@ -35,6 +37,20 @@ class Outcome:
     @property
     def finished(self) -> float:
         return self.started + self.latency_s
+
+
+@contextlib.contextmanager
+def generator_without_gc_pauses() -> Iterator[None]:
+    """The load generator shares this pytest process with every module the suite imported (torch among
+    them): a full collection of that heap stalled all 8 clients for ~200 ms at once (seen in the whole
+    suite, never alone), and the stall was read as the gateway answering late. Freezing what exists now
+    keeps the generator's own collections short, so the latencies are the gateway's."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def percentile_ms(outcomes: Iterable[Outcome], q: float) -> float:

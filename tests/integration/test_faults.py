@@ -16,7 +16,7 @@ from gateway.local_triton import LocalTriton, free_ports
 from tests.integration.bid_requests import ads_with_distinct_advertisers, candidate, site_request
 from tests.integration.gateway_process import gateway_process
 from tests.integration.gateway_server import serve_in_thread
-from tests.integration.load import Outcome, closed_loop, new_session, send
+from tests.integration.load import Outcome, closed_loop, generator_without_gc_pauses, new_session, send
 from tests.integration.slow_model import slow_model_repository
 from tests.integration.triton_rows import metric_values
 
@@ -64,14 +64,15 @@ async def test_triton_killed_mid_load_every_bid_answered_in_time_then_recovers()
             url = f"{gateway.url}/v1/bid"
             await first_scored_bid(url, body, timeout_s=10.0)
 
-            async with new_session() as session:
-                load = asyncio.create_task(
-                    closed_loop(session, url, lambda: body, concurrency=8, duration_s=6.0)
-                )
-                await asyncio.sleep(2.0)  # steady traffic before the fault
-                killed_at = time.monotonic()
-                await asyncio.to_thread(triton.kill)
-                outcomes = await load
+            with generator_without_gc_pauses():
+                async with new_session() as session:
+                    load = asyncio.create_task(
+                        closed_loop(session, url, lambda: body, concurrency=8, duration_s=6.0)
+                    )
+                    await asyncio.sleep(2.0)  # steady traffic before the fault
+                    killed_at = time.monotonic()
+                    await asyncio.to_thread(triton.kill)
+                    outcomes = await load
 
             before = [o for o in outcomes if o.finished < killed_at]
             after = [o for o in outcomes if o.started >= killed_at]

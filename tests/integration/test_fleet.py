@@ -28,7 +28,7 @@ from gateway.local_triton import DEFAULT_MODEL_REPOSITORY, LocalTriton, TritonPo
 from tests.integration.bid_requests import ads_with_distinct_advertisers, candidate, site_request
 from tests.integration.dns_server import TestDnsServer
 from tests.integration.gateway_process import GatewayProcess, gateway_process
-from tests.integration.load import Outcome, new_session, open_loop
+from tests.integration.load import Outcome, generator_without_gc_pauses, new_session, open_loop
 from tests.integration.triton_rows import metric_values
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -156,19 +156,20 @@ def _wait_until_scored(fleet: Fleet, timeout_s: float = 30.0) -> None:
 
 async def load(fleet: Fleet, duration_s: float) -> list[Outcome]:
     """Open-loop bids at RATE_PER_GATEWAY to every gateway at once, for `duration_s`."""
-    async with new_session() as session:
-        runs = await asyncio.gather(
-            *(
-                open_loop(
-                    session,
-                    f"{gateway.url}/v1/bid",
-                    lambda: BODY,
-                    rate_per_s=RATE_PER_GATEWAY,
-                    duration_s=duration_s,
+    with generator_without_gc_pauses():
+        async with new_session() as session:
+            runs = await asyncio.gather(
+                *(
+                    open_loop(
+                        session,
+                        f"{gateway.url}/v1/bid",
+                        lambda: BODY,
+                        rate_per_s=RATE_PER_GATEWAY,
+                        duration_s=duration_s,
+                    )
+                    for gateway in fleet.gateways
                 )
-                for gateway in fleet.gateways
             )
-        )
     return [outcome for run in runs for outcome in run.outcomes]
 
 
