@@ -218,6 +218,17 @@ def win(client: httpx.Client, body: dict[str, Any]) -> httpx.Response:
     return client.post("/v1/events/win", content=json.dumps(body).encode(), headers=HEADERS)
 
 
+def notify(client: httpx.Client, body: dict[str, Any], retried: list[str]) -> httpx.Response:
+    """As an exchange sends a notice: again once when the connection broke before an answer (seen once in
+    CI: a reset from the in-thread server under 24 client threads). Whether the first attempt was recorded
+    is unknown to the sender, which is why notices are idempotent."""
+    try:
+        return win(client, body)
+    except httpx.TransportError:
+        retried.append(body["bid_id"])
+        return win(client, body)
+
+
 def test_2000_concurrent_notices_with_duplicates_count_each_win_exactly_once(cluster: RedisCluster) -> None:
     campaigns = ["w1", "w2", "w3", "w4"]
     reset(cluster, {cid: CampaignConfig(daily_budget_micros=10**12) for cid in campaigns})
@@ -244,17 +255,22 @@ def test_2000_concurrent_notices_with_duplicates_count_each_win_exactly_once(clu
     with ExitStack() as stack:
         urls = [stack.enter_context(serve_in_thread(cluster_settings(cluster))) for _ in range(3)]
         clients = [stack.enter_context(httpx.Client(base_url=url, timeout=10)) for url in urls]
+        retried: list[str] = []
         with ThreadPoolExecutor(max_workers=24) as pool:
-            responses = list(pool.map(lambda n: win(clients[n[0] % 3], n[1]), enumerate(notices)))
+            responses = list(pool.map(lambda n: notify(clients[n[0] % 3], n[1], retried), enumerate(notices)))
         exposition = clients[0].get("/metrics").text
 
     assert [r.status_code for r in responses] == [200] * 2000, {
         r.text for r in responses if r.status_code != 200
     }
-    assert sum(r.json()["duplicate"] for r in responses) == 400
+    # 400 by design, plus at most one per retried notice whose lost first attempt had been recorded.
+    assert 400 <= sum(r.json()["duplicate"] for r in responses) <= 400 + len(retried)
+    assert len(retried) <= 5, retried
     expected = sum(micros(clearing) for _, _, _, clearing in bids)
     assert sum(spend(cluster, cid) for cid in campaigns) == expected
-    assert sum(r.json()["cost_micros"] for r in responses) == expected
+    # The answers add up to the spend, unless a retry hid a first attempt's charge (Redis's spend is exact).
+    billed = sum(r.json()["cost_micros"] for r in responses)
+    assert billed == expected or (retried and billed < expected)
     # What the dashboard's Redis shards row queries, the gateway exports: per shard, by node address.
     panels = json.loads((REPO_ROOT / "charts/bid-gateway/dashboards/gateway-overview.json").read_text())[
         "panels"
