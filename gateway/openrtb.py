@@ -50,23 +50,40 @@ class Banner(_Schema, frozen=True, kw_only=True):
     h: int | None = None
     format: list[Format] | None = None
     pos: int | None = None
+    battr: list[int] | None = None  # blocked creative attributes (AdCOM 1.0 list: Creative Attributes)
+    mimes: list[str] | None = None
 
 
 class Video(_Schema, frozen=True, kw_only=True):
     w: int | None = None
     h: int | None = None
     pos: int | None = None
+    mimes: list[str] | None = None
+    minduration: int | None = None  # seconds
+    maxduration: int | None = None
+    protocols: list[int] | None = None  # AdCOM Creative Subtypes: 2 VAST 2.0, 3 VAST 3.0, 7 VAST 4.0 ...
+    battr: list[int] | None = None
+
+
+class Audio(_Schema, frozen=True, kw_only=True):
+    mimes: list[str] | None = None
+    minduration: int | None = None
+    maxduration: int | None = None
+    protocols: list[int] | None = None
+    battr: list[int] | None = None
 
 
 class Native(_Schema, frozen=True, kw_only=True):
-    request: str | None = None
+    request: str | None = None  # the Native Ad Request (1.2) as a JSON string, as OpenRTB 2.6 sends it
     ver: str | None = None
+    battr: list[int] | None = None
 
 
 class Deal(_Schema, frozen=True, kw_only=True):
     id: str
     bidfloor: NonNegativeFloat = 0.0
     bidfloorcur: str = DEFAULT_CURRENCY
+    wseat: list[str] | None = None  # buyer seats allowed to bid on this deal; absent: any seat
 
 
 class Pmp(_Schema, frozen=True, kw_only=True):
@@ -81,6 +98,7 @@ class Imp(_Schema, frozen=True, kw_only=True):
     tagid: str | None = None
     banner: Banner | None = None
     video: Video | None = None
+    audio: Audio | None = None
     native: Native | None = None
     pmp: Pmp | None = None
     instl: int | None = None
@@ -119,6 +137,7 @@ class Dooh(_Schema, frozen=True, kw_only=True):
 
 class Geo(_Schema, frozen=True, kw_only=True):
     country: str | None = None  # ISO-3166-1 alpha-3
+    region: str | None = None  # ISO-3166-2 subdivision code
 
 
 class Device(_Schema, frozen=True, kw_only=True):
@@ -168,6 +187,7 @@ class BidRequest(_Schema, frozen=True, kw_only=True):
     cur: list[str] | None = None
     bcat: list[str] | None = None
     badv: list[str] | None = None
+    bapp: list[str] | None = None  # blocked app bundles / store ids
     test: int = 0
     ext: RequestExt | None = None
 
@@ -222,6 +242,17 @@ class Bid(_Schema, frozen=True, kw_only=True):
     crid: str | None = None
     cat: list[str] = msgspec.field(default_factory=list)
     dealid: str | None = None
+    # Filled for bids on the gateway's own catalog (plain OpenRTB requests): what an exchange serves and
+    # calls back. Callers that bring `ext.candidates` render their own creatives: these stay absent.
+    adm: str | None = None
+    nurl: str | None = None
+    burl: str | None = None
+    lurl: str | None = None
+    attr: list[int] = msgspec.field(default_factory=list)
+    w: int | None = None
+    h: int | None = None
+    mtype: int | None = None  # markup type: 1 banner, 2 video, 3 audio, 4 native
+    protocol: int | None = None  # the video/audio markup's protocol (a Creative Subtype: 7 = VAST 4.0)
     ext: BidExt | None = None
 
 

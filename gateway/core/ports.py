@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from gateway.core import feature_spec
+from gateway.openrtb import Bid, BidRequest, Candidate
 
 USER_CAT_FIELDS: Final = ("user_id", "user_age", "user_gender", "user_interest1", "user_interest2")
 USER_DENSE_FIELDS: Final = ("user_ctr_hist", "user_activity")
@@ -144,6 +145,36 @@ class ImmediateScorer(Protocol):
     """Scores without I/O and without failing: the fallback when the Scorer cannot answer."""
 
     def score_now(self, dense: npt.NDArray[np.float32]) -> Scores: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Retrieved:
+    """Candidates a catalog found for a plain OpenRTB request (one without `ext.candidates`).
+
+    Each candidate's `imp_ids` names the imps its creative fits, and `deal_id` the deal it bids into
+    (None: open auction). `creatives[i]` is the catalog's creative behind candidate i: opaque to the data
+    plane, handed back to the BidRenderer for the winners. `per_imp[j]` counts request.imp[j]'s matches
+    before the top-K cut (what the retrieval metrics report)."""
+
+    candidates: list[Candidate]
+    creatives: Sequence[object]
+    per_imp: list[int]
+    catalog_version: str
+
+
+class CandidateSource(Protocol):
+    """Retrieval: the eligible creatives for a request, pre-ranked to the top K. CPU only, no I/O: it runs
+    on the event loop and must cost microseconds. `now` is the wall-clock instant (epoch seconds) that
+    decides flight dates and the hour of day."""
+
+    def retrieve(self, request: BidRequest, now: float) -> Retrieved: ...
+
+
+class BidRenderer(Protocol):
+    """Completes a winning catalog bid with what an exchange needs: markup (adm), w/h, attr, mtype, and the
+    signed nurl/burl/lurl notice URLs. `response_bidid` is the BidResponse.bidid (${AUCTION_BID_ID})."""
+
+    def render(self, request: BidRequest, bid: Bid, creative: object, response_bidid: str) -> Bid: ...
 
 
 def user_defaults() -> UserFeatures:
