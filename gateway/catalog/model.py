@@ -25,6 +25,7 @@ served in one of the requested protocols, a native creative when the imp asks fo
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import msgspec
@@ -97,6 +98,10 @@ class Creative(_Strict, frozen=True, kw_only=True):
     native: NativeCreative | None = None
     attr: list[int] = msgspec.field(default_factory=list)  # AdCOM Creative Attributes
     cat: list[str] | None = None  # None: the campaign's categories
+    # Priors for retrieval's pre-ranking by expected eCPM (before the model scores the top K); absent: the
+    # population means the feature store uses for unknown ads.
+    prior_ctr: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
+    prior_cvr: Annotated[float, msgspec.Meta(ge=0, le=1)] | None = None
 
     def kind(self) -> Literal["banner", "video", "audio", "native"]:
         """The creative's format; the loader guarantees exactly one is set."""
@@ -144,6 +149,15 @@ class Campaign(_Strict, frozen=True, kw_only=True):
     seat: str | None = None  # the buyer seat for deals' wseat; None: the gateway's seat
     targeting: Targeting = msgspec.field(default_factory=Targeting)
     creatives: Annotated[list[Creative], msgspec.Meta(min_length=1)]
+
+
+@dataclass(frozen=True, slots=True)
+class CreativeRef:
+    """What retrieval hands the renderer for a candidate (`Retrieved.creatives[i]`): the creative and the
+    campaign it belongs to."""
+
+    campaign: Campaign
+    creative: Creative
 
 
 class CatalogHeader(_Strict, frozen=True, kw_only=True):
