@@ -149,6 +149,25 @@ class Settings(BaseSettings):
     store_cache_size: int = Field(100_000, ge=1, description="ad rows + campaign configs cached per worker")
     store_cache_ttl_s: float = Field(30.0, gt=0, description="how stale a cached ad row or config may be")
 
+    # Catalog: the candidates of plain OpenRTB requests (those without ext.candidates), docs/catalog.md
+    catalog_source: Literal["file", "redis", "off"] = Field(
+        "file",
+        description="file: catalog_path; redis: the catalog seed-catalog wrote to redis_url; off: every "
+        "request must bring ext.candidates (422 empty_list otherwise)",
+    )
+    catalog_path: Path = REPO_ROOT / "data" / "catalog" / "catalog.jsonl"
+    catalog_reload_interval_s: float = Field(
+        5.0, gt=0, le=3600, description="how often to look for a new catalog version (file or Redis)"
+    )
+    retrieval_top_k: int = Field(
+        200, ge=1, le=4096, description="retrieved candidates the model scores per request, by prior eCPM"
+    )
+    plain_nobid_status: Literal[204, 200] = Field(
+        204,
+        description="a no-bid to a request without ext.candidates: 204 and no body (most exchanges), or "
+        "200 with seatbid [] and nbr; requests with ext.candidates always get the latter",
+    )
+
     # Campaigns (redis backend): bid records, holds and pacing
     bid_ttl_s: int = Field(300, ge=1, description="a returned bid may be won (and holds budget) this long")
     win_dedupe_ttl_s: int = Field(172_800, ge=1, description="a won bid id answers 'duplicate' this long")
@@ -186,6 +205,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 "batch_concurrency_min must be <= batch_concurrency (the adaptive limit's ceiling)"
             )
+        if self.retrieval_top_k > self.max_candidates:
+            raise ValueError("retrieval_top_k must be <= max_candidates (what one Triton call may carry)")
         if self.win_dedupe_ttl_s < self.bid_ttl_s:
             raise ValueError("win_dedupe_ttl_s must be >= bid_ttl_s")
         if self.store_backend == "redis":

@@ -27,6 +27,7 @@ class Services:
     ledger: CampaignLedger | None = None  # campaign state for win notices (redis backend only)
     # Sheds while the event loop has a standing queue; its lag counts against each bid's budget.
     admission: LoopLagAdmission = field(default_factory=lambda: LoopLagAdmission(target_s=0.0))
+    plain_nobid_status: int = 204  # a no-bid to a request without ext.candidates: 204, or 200 with nbr
     trust_request_start: bool = False  # count a proxy's X-Request-Start age against the budget too
     inflight_bids: int = 0  # one event loop per worker: a plain int is race-free
     shed_bids: int = 0

@@ -31,12 +31,13 @@ from gateway.api.errors import RETRY_AFTER_S, ErrorAnswer, answer_for, error_bod
 from gateway.errors import GatewayError, Overloaded, RequestTooLarge
 from gateway.observability.logging import REQUEST_ID_HEADER_BYTES, new_request_id, request_id_var
 from gateway.observability.metrics import HttpMetrics
-from gateway.openrtb import encode_response
+from gateway.openrtb import BidRequest, encode_response
 from gateway.services import Services
 
 log = logging.getLogger(__name__)
 
 BID_PATH: Final = "/v1/bid"
+NO_CONTENT: Final = 204
 _CONTENT_TYPE: Final = (b"content-type", b"application/json")
 _RETRY_AFTER: Final = (b"retry-after", RETRY_AFTER_S.encode())
 _CONTENT_LENGTH: Final = b"content-length"
@@ -65,10 +66,11 @@ class BidEndpoint:
             except ClientGone:
                 return
             headers = [
-                _CONTENT_TYPE,
                 (_CONTENT_LENGTH, str(len(body)).encode()),
                 (REQUEST_ID_HEADER_BYTES, request_id.encode("latin-1")),
             ]
+            if status != NO_CONTENT:
+                headers.append(_CONTENT_TYPE)
             if retry:
                 headers.append(_RETRY_AFTER)
             await send({"type": "http.response.start", "status": status, "headers": headers})
@@ -85,7 +87,7 @@ class BidEndpoint:
         if services is None:
             return 503, error_body("not_ready", "the gateway is still starting"), True
         try:
-            return 200, await self._bid(services, scope, receive, received_at), False
+            return *await self._bid(services, scope, receive, received_at), False
         except ClientGone:
             raise
         except GatewayError as exc:
@@ -95,7 +97,10 @@ class BidEndpoint:
             answer = ErrorAnswer(500, error_body("internal_error", "internal error (see the gateway log)"))
         return answer.status, answer.body, answer.retry_after
 
-    async def _bid(self, services: Services, scope: Scope, receive: Receive, received_at: float) -> bytes:
+    async def _bid(
+        self, services: Services, scope: Scope, receive: Receive, received_at: float
+    ) -> tuple[int, bytes]:
+        """(status, body): 200 and the BidResponse, or 204 and no body for a plain request's no-bid."""
         limit = services.limits.max_body_bytes
         declared = _declared_length(scope["headers"])
         if declared is not None and declared > limit:
@@ -133,7 +138,14 @@ class BidEndpoint:
         done_at = time.monotonic()
         services.tally.record(decision, done_at - encode_at)
         services.bid_log.decided(decision, done_at - received_at)
-        return encoded
+        if services.plain_nobid_status == NO_CONTENT and not decision.wins and _is_plain(bid_request):
+            return NO_CONTENT, b""  # an exchange's usual no-bid: nothing to parse
+        return 200, encoded
+
+
+def _is_plain(request: BidRequest) -> bool:
+    """An exchange's request: no `ext.candidates`, the catalog chose what to rank."""
+    return request.ext is None or not request.ext.candidates
 
 
 def _declared_length(headers: list[tuple[bytes, bytes]]) -> int | None:

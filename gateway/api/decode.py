@@ -9,7 +9,8 @@ Error codes (stable, machine-readable):
   400 MalformedRequest  malformed_json, invalid_type, missing_field
   422 InvalidRequest    invalid_value     a value outside its range or set (floor < 0, bid <= 0, tmax <= 0,
                                           at not 1/2, unknown bid_type, empty id, number out of range)
-                        empty_list        imp empty; ext.candidates empty or missing
+                        empty_list        imp empty; ext.candidates empty or missing while the gateway
+                                          has no catalog to retrieve candidates from
                         duplicate_id      an imp id or candidate id used twice
                         unknown_currency  a bidfloorcur the gateway cannot convert
                         conflicting_fields more than one of site/app/dooh
@@ -49,12 +50,14 @@ MIB: Final = 1 << 20
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RequestLimits:
-    """What the gateway accepts; `known_currencies` are those it can convert floors from."""
+    """What the gateway accepts; `known_currencies` are those it can convert floors from. Without a catalog
+    (`candidates_required`) a request must bring its own candidates."""
 
     known_currencies: frozenset[str]
     max_body_bytes: int = MIB
     max_imps: int = 64
     max_candidates: int = 1000
+    candidates_required: bool = True
 
     def __post_init__(self) -> None:
         if min(self.max_body_bytes, self.max_imps, self.max_candidates) < 1:
@@ -86,7 +89,7 @@ def _check_rules(request: BidRequest, limits: RequestLimits) -> None:
     if len(imps) > limits.max_imps:
         raise RequestTooLarge("too_many_imps", f"{len(imps)} imps; the limit is {limits.max_imps}", "imp")
     candidates = request.ext.candidates if request.ext is not None else []
-    if not candidates:
+    if not candidates and limits.candidates_required:
         raise InvalidRequest(
             "empty_list",
             "ext.candidates must be non-empty: the gateway has nothing to rank otherwise",

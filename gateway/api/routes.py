@@ -26,11 +26,13 @@ _REF = "#/components/schemas/{name}"
 # POST /v1/bid is served by `gateway.api.bid_endpoint.BidEndpoint`, outside FastAPI's routing; this is
 # the operation the OpenAPI document describes for it (what FastAPI would have generated).
 BID_OPERATION: Final[dict[str, Any]] = {
-    "summary": "Rank the candidate ads of an OpenRTB 2.6 BidRequest and answer a BidResponse",
+    "summary": "Rank the candidate ads of an OpenRTB 2.6 BidRequest (its ext.candidates, or the catalog's for "
+    "a plain request) and answer a BidResponse",
     "operationId": "bid_v1_bid_post",
     "requestBody": {"required": True, "content": {"application/json": {"schema": _REQUEST_SCHEMA}}},
     "responses": {
         "200": json_content(_RESPONSE_SCHEMA, "A BidResponse: bids per imp, or seatbid [] with nbr"),
+        "204": {"description": "No bid to a request without ext.candidates (BIDGW_PLAIN_NOBID_STATUS=204)"},
         "400": error("Malformed JSON, a wrong type or a missing field"),
         "413": error("Body, imps or candidates over the configured limits"),
         "422": error("Well-formed but invalid (duplicate ids, unknown currency, ...)"),

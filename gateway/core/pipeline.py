@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Final
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
 
@@ -27,12 +28,15 @@ from gateway.core.currency import CurrencyTable
 from gateway.core.ports import (
     AdFeatures,
     AdKeys,
+    BidRenderer,
     BidStateStore,
     CampaignStates,
+    CandidateSource,
     FeatureStore,
     ImmediateScorer,
     Reservation,
     ReserveOutcome,
+    Retrieved,
     Scorer,
     Scores,
     UserFeatures,
@@ -88,6 +92,8 @@ class Decision:
     loss_codes: npt.NDArray[np.int8] | None = (
         None  # AuctionResult.outcome_code: LOSS_REASONS index or NOT_LOST
     )
+    # Set when the candidates came from the catalog (a plain OpenRTB request): what retrieval found.
+    retrieved: Retrieved | None = None
 
 
 @dataclass(slots=True)
@@ -118,18 +124,29 @@ class BidPipeline:
         *,
         fallback: ImmediateScorer | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
         hour: Callable[[], int] = _now_hour,
         campaigns: BidStateStore | None = None,
         pacing_params: pacing.PacingParams | None = None,
         rng: np.random.Generator | None = None,
         hold_reserve_s: float = 0.003,
+        catalog: CandidateSource | None = None,
+        renderer: BidRenderer | None = None,
     ) -> None:
         """When the scorer fails, `fallback` scores from priors; without one the answer is no-bid nbr 1.
         Either way the response says `ext.degraded: true`.
 
         With `campaigns` (a store that keeps campaign state, e.g. Redis) features and campaign state come
         in one lookup, campaigns over budget / capped / paced are ineligible, and every returned bid holds
-        its price against its campaign's budget first (a winner whose hold is refused is dropped)."""
+        its price against its campaign's budget first (a winner whose hold is refused is dropped).
+
+        With `catalog`, a request without `ext.candidates` gets its candidates from retrieval, and the
+        `renderer` completes each winner with markup and notice URLs; without it such a request has nothing
+        to rank (the decoder refuses it first)."""
+        if (catalog is None) != (renderer is None):
+            raise ValueError("a catalog needs a renderer for its bids, and a renderer needs a catalog")
+        self._catalog = catalog
+        self._renderer = renderer
         self._store = store
         self._campaigns = campaigns
         self._pacing = pacing_params or pacing.PacingParams()
@@ -141,6 +158,7 @@ class BidPipeline:
         self._currencies = currencies
         self._config = config
         self._clock = clock
+        self._wall_clock = wall_clock
         self._hour = hour
 
     def deadline(self, request: BidRequest, received_at: float) -> float:
@@ -159,6 +177,27 @@ class BidPipeline:
         if deadline - self._clock() < self._config.min_scoring_budget_s:
             return self._no_bid(request, NoBidReason.INSUFFICIENT_AUCTION_TIME, timings, len(raw_candidates))
 
+        retrieved: Retrieved | None = None
+        if not raw_candidates and self._catalog is not None:
+            retrieval_at = self._clock()
+            retrieved = self._catalog.retrieve(request, self._wall_clock())
+            raw_candidates = retrieved.candidates
+            timings["retrieval"] = (self._clock() - retrieval_at) * 1000.0
+            if not raw_candidates:
+                decision = self._no_bid(request, GatewayNoBidReason.NO_ELIGIBLE_CANDIDATE, timings, 0)
+                decision.retrieved = retrieved
+                return decision
+
+        decision = await self._rank(request, raw_candidates, deadline, timings)
+        decision.retrieved = retrieved
+        if retrieved is not None and decision.outcome == "bid":
+            decision.response = self._render(request, decision.response, retrieved, decision.wins)
+        return decision
+
+    async def _rank(
+        self, request: BidRequest, raw_candidates: list[Candidate], deadline: float, timings: dict[str, float]
+    ) -> Decision:
+        """Features, scoring, auction and budget holds: the same whatever the candidates' source."""
         started = self._clock()
         candidates = request_columns.candidate_columns(raw_candidates)
         imps = [request_columns.impression(imp) for imp in request.imp]
@@ -392,6 +431,22 @@ class BidPipeline:
             seatbid=[SeatBid(seat=self._config.seat, bid=bids)],
             ext=ResponseExt(degraded=degraded, debug=debug),
         )
+
+    def _render(
+        self, request: BidRequest, response: BidResponse, retrieved: Retrieved, wins: list[auction.Win]
+    ) -> BidResponse:
+        """Markup and notice URLs for each catalog bid, and the bids grouped by buyer seat. The bids of
+        the one seatbid `_bid_response` wrote are in `wins` order."""
+        assert self._renderer is not None
+        assert response.seatbid
+        bidid = response.bidid or ""
+        by_seat: dict[str, list[Bid]] = {}
+        for bid, win in zip(response.seatbid[0].bid, wins, strict=True):
+            rendered = self._renderer.render(request, bid, retrieved.creatives[win.candidate], bidid)
+            seat = retrieved.seats[win.candidate] if retrieved.seats else None
+            by_seat.setdefault(seat or self._config.seat, []).append(rendered)
+        seatbid = [SeatBid(seat=seat, bid=bids) for seat, bids in by_seat.items()]
+        return msgspec.structs.replace(response, seatbid=seatbid)
 
     def _no_bid(
         self,

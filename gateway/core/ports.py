@@ -160,6 +160,8 @@ class Retrieved:
     creatives: Sequence[object]
     per_imp: list[int]
     catalog_version: str
+    # The buyer seat each candidate bids for (None: the gateway's seat); bids are grouped by seat.
+    seats: Sequence[str | None] = ()
 
 
 class CandidateSource(Protocol):

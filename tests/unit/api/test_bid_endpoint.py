@@ -164,3 +164,39 @@ def test_over_the_inflight_limit_it_sheds_before_reading(registry: CollectorRegi
     )
     assert (status, body["error"]["code"], headers[b"retry-after"]) == (503, "overloaded", b"1")
     assert (services.shed_bids, len(messages)) == (1, 1)
+
+
+PLAIN_BODY = orjson.dumps({"id": "r2", "imp": [{"id": "1", "banner": {"w": 300, "h": 250}}]})
+
+
+def _plain_services(pipeline: _Pipeline, plain_nobid_status: int) -> Services:
+    services = _services(pipeline)
+    services.limits = RequestLimits(
+        known_currencies=frozenset({"USD"}), max_body_bytes=4096, candidates_required=False
+    )
+    services.plain_nobid_status = plain_nobid_status
+    return services
+
+
+def test_a_plain_requests_no_bid_is_204_without_a_body(registry: CollectorRegistry) -> None:
+    endpoint = BidEndpoint(lambda: _plain_services(_Pipeline(), 204), HttpMetrics(registry))
+    sent = _call(endpoint, [_body(PLAIN_BODY)])
+    assert [m["type"] for m in sent] == ["http.response.start", "http.response.body"]
+    assert sent[0]["status"] == 204
+    assert sent[1]["body"] == b""
+    headers = dict(sent[0]["headers"])
+    assert headers[b"content-length"] == b"0"
+    assert b"content-type" not in headers
+    assert _requests_total(registry, "2xx") == 1
+
+
+def test_a_plain_requests_no_bid_can_be_200_with_nbr(registry: CollectorRegistry) -> None:
+    endpoint = BidEndpoint(lambda: _plain_services(_Pipeline(), 200), HttpMetrics(registry))
+    status, body, _ = _status_and_json(_call(endpoint, [_body(PLAIN_BODY)]))
+    assert (status, body["nbr"], body["seatbid"]) == (200, 501, [])
+
+
+def test_a_no_bid_to_a_request_with_candidates_stays_200_with_nbr(registry: CollectorRegistry) -> None:
+    endpoint = BidEndpoint(lambda: _plain_services(_Pipeline(), 204), HttpMetrics(registry))
+    status, body, _ = _status_and_json(_call(endpoint, [_body(BODY)]))
+    assert (status, body["nbr"]) == (200, 501)

@@ -243,6 +243,14 @@ def test_missing_field_message() -> None:
         decode(doc)
 
 
+@pytest.mark.parametrize("plain", [set_at("ext.candidates", []), delete("ext")], ids=["empty", "no ext"])
+def test_without_candidates_is_accepted_when_a_catalog_supplies_them(plain: Callable[[Doc], None]) -> None:
+    doc = valid_doc()
+    plain(doc)
+    request = decode(doc, replace(LIMITS, candidates_required=False))
+    assert request.ext is None or request.ext.candidates == []
+
+
 def test_body_exactly_at_the_limit_is_accepted() -> None:
     body = encode(valid_doc())
     request = decode_bid_request(body, replace(LIMITS, max_body_bytes=len(body)))

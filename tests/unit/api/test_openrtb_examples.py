@@ -15,6 +15,7 @@ from gateway.openrtb import BidResponse, encode_response
 
 EXAMPLES = Path(__file__).resolve().parents[3] / ".." / "shared" / "openrtb-examples"
 LIMITS = RequestLimits(known_currencies=frozenset({"USD", "EUR", "GBP"}))
+CATALOG_LIMITS = RequestLimits(known_currencies=LIMITS.known_currencies, candidates_required=False)
 
 
 def _files(kind: str) -> list[Any]:
@@ -68,7 +69,36 @@ def test_spec_request_decodes(path: Path | None) -> None:
 
 
 @pytest.mark.parametrize("path", _files("requests"))
-def test_spec_request_without_candidates_is_refused_as_unrankable(path: Path | None) -> None:
+def test_spec_request_as_published_decodes_for_a_gateway_with_a_catalog(path: Path | None) -> None:
+    doc = json.loads(_require(path).read_bytes())
+    request = decode_bid_request(json.dumps(doc).encode(), CATALOG_LIMITS)
+    assert request.ext is None or not request.ext.candidates
+    for imp, raw in zip(request.imp, doc["imp"], strict=True):
+        # What retrieval matches formats on arrives decoded, not dropped as an unknown field.
+        for kind in ("banner", "video", "native"):
+            assert (getattr(imp, kind) is not None) == (kind in raw)
+        if "video" in raw:
+            assert imp.video is not None
+            assert imp.video.mimes == raw["video"].get("mimes")
+            assert imp.video.protocols == raw["video"].get("protocols")
+            assert (imp.video.minduration, imp.video.maxduration) == (
+                raw["video"].get("minduration"),
+                raw["video"].get("maxduration"),
+            )
+        if "banner" in raw:
+            assert imp.banner is not None
+            assert imp.banner.battr == raw["banner"].get("battr")
+        for deal, raw_deal in zip(imp.pmp.deals or [] if imp.pmp else [], _deals(raw), strict=True):
+            assert deal.wseat == raw_deal.get("wseat")
+
+
+def _deals(raw_imp: dict[str, Any]) -> list[dict[str, Any]]:
+    deals: list[dict[str, Any]] = raw_imp.get("pmp", {}).get("deals", [])
+    return deals
+
+
+@pytest.mark.parametrize("path", _files("requests"))
+def test_spec_request_without_candidates_is_refused_without_a_catalog(path: Path | None) -> None:
     body = _require(path).read_bytes()
     with pytest.raises(InvalidRequest) as caught:
         decode_bid_request(body, LIMITS)
