@@ -65,9 +65,11 @@ log = logging.getLogger(__name__)
 
 # HTTP latency: the SLO thresholds (5, 10, 25, 50 ms) are bucket bounds, so ratios under them are exact.
 HTTP_LATENCY_BUCKETS_S: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
-STAGES: Final = ("decode", "features", "scoring", "auction", "encode")
+STAGES: Final = ("decode", "retrieval", "features", "scoring", "auction", "encode")
 STAGE_BUCKETS_S: Final = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1)
 CANDIDATE_BUCKETS: Final = (1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0)
+# Catalog creatives matching one imp before the top-K cut: from none (a no-bid) to a whole large catalog.
+RETRIEVED_BUCKETS: Final = (0.0, 1.0, 10.0, 50.0, 200.0, 1000.0, 5000.0, 20000.0, 100000.0)
 PRICE_BUCKETS_USD: Final = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0, 20.0, 50.0)
 # Outcomes that exist from the start (so ratios have a denominator before the first such bid).
 INITIAL_OUTCOMES: Final = (("bid", "false"), ("bid", "true"), ("shed", "false"))
@@ -104,12 +106,22 @@ class _Buckets:
 class BidTally:
     """Per-bid observations of one worker since the last export. The only metrics code on the hot path."""
 
-    __slots__ = ("_loss_counts", "_pending_loss", "candidates", "ecpm", "outcomes", "price", "stages")
+    __slots__ = (
+        "_loss_counts",
+        "_pending_loss",
+        "candidates",
+        "ecpm",
+        "outcomes",
+        "price",
+        "retrieved_per_imp",
+        "stages",
+    )
 
     def __init__(self) -> None:
         self.stages = {stage: _Buckets(STAGE_BUCKETS_S) for stage in STAGES}
         self.outcomes: dict[tuple[str, bool], int] = {}
         self.candidates = _Buckets(CANDIDATE_BUCKETS)
+        self.retrieved_per_imp = _Buckets(RETRIEVED_BUCKETS)
         self.price = _Buckets(PRICE_BUCKETS_USD)
         self.ecpm = _Buckets(PRICE_BUCKETS_USD)
         # The auction's per-candidate loss codes, counted at export (one bincount for many bids).
@@ -127,6 +139,9 @@ class BidTally:
         key = (decision.outcome, decision.degraded)
         self.outcomes[key] = self.outcomes.get(key, 0) + 1
         self.candidates.observe(decision.candidates)
+        if decision.retrieved is not None:
+            for matched in decision.retrieved.per_imp:
+                self.retrieved_per_imp.observe(matched)
         for win in decision.wins:
             self.price.observe(win.price_usd)
             self.ecpm.observe(win.ecpm)
@@ -203,6 +218,13 @@ class GatewayMetrics:
             "bidgw_bid_candidates",
             "Candidate ads per bid request",
             buckets=CANDIDATE_BUCKETS,
+            registry=registry,
+        )
+        self.retrieved_per_imp = _BulkHistogram(
+            "bidgw_retrieval_matches",
+            "Catalog creatives matching one imp of a plain request (format, targeting, blocks), before the "
+            "top-K cut by prior eCPM",
+            buckets=RETRIEVED_BUCKETS,
             registry=registry,
         )
         self.clearing_price = _BulkHistogram(
@@ -411,6 +433,7 @@ class MetricsExporter:
         for (outcome, degraded), count in outcomes.items():
             m.bids.labels(outcome, "true" if degraded else "false").inc(count)
         _add(m.candidates, tally.candidates)
+        _add(m.retrieved_per_imp, tally.retrieved_per_imp)
         _add(m.clearing_price, tally.price)
         _add(m.win_ecpm, tally.ecpm)
         for counter, count in zip(m.dropped_children, tally.take_losses(), strict=True):
