@@ -29,28 +29,11 @@ def unqueued(rows: int) -> float:
 
 
 def limiter(
-    *,
-    min_limit: int = 1,
-    max_limit: int = 8,
-    initial_limit: float | None = None,
-    tolerance: float = 2.5,
-    smoothing: float = 0.2,
-    backoff: float = 0.75,
-    window_s: float = 10.0,
-    probe_gap: int = 32,
-    clock: FakeClock | None = None,
+    *, max_limit: int = 8, clock: FakeClock | None = None, **options: Any
 ) -> AdaptiveConcurrencyLimit:
-    return AdaptiveConcurrencyLimit(
-        min_limit=min_limit,
-        max_limit=max_limit,
-        initial_limit=initial_limit,
-        tolerance=tolerance,
-        smoothing=smoothing,
-        backoff=backoff,
-        window_s=window_s,
-        probe_gap=probe_gap,
-        clock=FakeClock() if clock is None else clock,
-    )
+    """The limiter with its own defaults, a ceiling of 8 and a fake clock unless the test says otherwise."""
+    clock = FakeClock() if clock is None else clock
+    return AdaptiveConcurrencyLimit(max_limit=max_limit, clock=clock, **options)
 
 
 def test_starts_at_the_ceiling_so_it_behaves_as_the_fixed_limit_until_told_otherwise() -> None:
