@@ -5,6 +5,7 @@ GatewayError
 ├── BadRequest                 the client's fault: a 4xx with {"error": {"code", "message", "field"}}
 │   ├── MalformedRequest       not JSON, a wrong type, a missing field (400)
 │   ├── InvalidRequest         well-formed but breaks a rule the gateway relies on (422)
+│   ├── ForgedNotice           a notice URL whose signature, key, fields or expiry do not check out (403)
 │   └── RequestTooLarge        body, imp or candidate count over a configured limit (413)
 ├── ScoringError               Triton could not score in time
 │   ├── ScoringUnavailable     model not ready, bad answer, breaker open, no healthy Triton
@@ -44,6 +45,17 @@ class InvalidRequest(BadRequest):
     """Well-formed, but breaks a rule the decision relies on."""
 
     status_code = 422
+
+
+class ForgedNotice(BadRequest):
+    """A notice URL the gateway did not sign as it arrived: nothing it says may move money. `check`
+    names the failing check (signature, unknown_key, currency, expired) for metrics and logs."""
+
+    status_code = 403
+
+    def __init__(self, check: str, message: str, field: str | None = None) -> None:
+        super().__init__("forged_notice", message, field)
+        self.check = check
 
 
 class RequestTooLarge(BadRequest):

@@ -11,7 +11,8 @@ previous bucket: a hold is counted for at most two bucket lengths, never forgott
 Every write is a Lua script over one campaign slot, so replicas cannot race: `reserve` checks spend + open
 reservations + price against the budget and the user's frequency cap and records the bid (one script per
 slot, all slots of a response at once, each on its own shard); `record_win` moves the hold into spend,
-counts the impression and marks the bid won, once per bid id. The bid's read (`read_command`) is a script
+counts the impression and marks the bid won, once per bid id; `record_loss` marks it lost with the
+exchange's reason code and releases the hold of a bid that never won, once per bid id. The bid's read (`read_command`) is a script
 too, one call per shard: per campaign it answers committed micro-USD and the user's impressions, packed,
 not the raw keys.
 
@@ -52,6 +53,8 @@ __all__ = [
     "CampaignConfig",
     "CampaignLedger",
     "CampaignSpec",
+    "LossOutcome",
+    "LossResult",
     "WinOutcome",
     "WinResult",
     "decode_config",
@@ -95,6 +98,21 @@ class WinOutcome(enum.Enum):
     UNKNOWN_BID = "unknown_bid"  # never returned by a gateway, or its record expired
     ABOVE_BID_PRICE = "above_bid_price"
     CURRENCY_MISMATCH = "currency_mismatch"
+
+
+class LossOutcome(enum.Enum):
+    RECORDED = "recorded"
+    DUPLICATE = "duplicate"  # a loss was already recorded for this bid id
+    ALREADY_WON = "already_won"  # the bid was billed: a loss notice cannot undo that
+    UNKNOWN_BID = "unknown_bid"
+
+
+@dataclass(frozen=True, slots=True)
+class LossResult:
+    outcome: LossOutcome
+    bid_id: str
+    campaign_id: str | None = None
+    released_micros: int = 0  # the budget hold this notice released (0 unless RECORDED)
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,10 +233,32 @@ end
 return 1
 """
 
+# KEYS: bid record, its hold bucket. ARGV: loss reason, dedupe TTL. Returns {code, released micro-USD}:
+# 1 recorded, 0 duplicate (a loss already recorded), 2 already won (nothing changes: the win billed it),
+# -1 unknown. A hold still open is released and the record's `h` cleared, so a (contradictory) win notice
+# after the loss bills without releasing the hold a second time.
+_LOSS_LUA: Final = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1, 0} end
+if redis.call('HEXISTS', KEYS[1], 'l') == 1 then return {0, 0} end
+if redis.call('HGET', KEYS[1], 'w') == '1' then return {2, 0} end
+local released = 0
+if redis.call('HGET', KEYS[1], 'h') == '1' then
+  if redis.call('EXISTS', KEYS[2]) == 1 then
+    released = tonumber(redis.call('HGET', KEYS[1], 'm'))
+    redis.call('DECRBY', KEYS[2], released)
+  end
+  redis.call('HSET', KEYS[1], 'h', '0')
+end
+redis.call('HSET', KEYS[1], 'l', ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return {1, released}
+"""
+
 READ_SCRIPT: Final = Script(_READ_LUA)
 CLUSTER_READ_SCRIPT: Final = Script(_CLUSTER_READ_LUA)
 RESERVE_SCRIPT: Final = Script(_RESERVE_LUA)
 WIN_SCRIPT: Final = Script(_WIN_LUA)
+LOSS_SCRIPT: Final = Script(_LOSS_LUA)
 
 _CONFIG_DECODER: Final = msgspec.json.Decoder(CampaignConfig)
 _CONFIG_ENCODER: Final = msgspec.json.Encoder()
@@ -290,7 +330,7 @@ class CampaignLedger:
         # (bid_ttl_s), not per bid; cleared with each new bucket, so bounded by the campaigns of one bucket.
         self._names: dict[str, tuple[str, str, str, str]] = {}
         self._names_period: tuple[str, int] | None = None
-        for script in (READ_SCRIPT, CLUSTER_READ_SCRIPT, RESERVE_SCRIPT, WIN_SCRIPT):
+        for script in (READ_SCRIPT, CLUSTER_READ_SCRIPT, RESERVE_SCRIPT, WIN_SCRIPT, LOSS_SCRIPT):
             shards.register(script)
 
     @staticmethod
@@ -453,6 +493,34 @@ class CampaignLedger:
         if code == 0:
             return found
         return WinResult(WinOutcome.RECORDED, bid_id, campaign_id, cost, bid_price, bid_currency)
+
+    async def record_loss(self, bid_id: str, reason: int, deadline: float) -> LossResult:
+        """Record a loss notice with its reason code (OpenRTB 2.6 loss reasons, ${AUCTION_LOSS}) and release
+        the bid's budget hold if it never won. Idempotent per bid id: a second call answers DUPLICATE.
+        Same routing as `record_win`: the record's slot, from the bid id. Raises StoreError."""
+        deadline = min(deadline, time.monotonic() + self.timeout_s)
+        tag = keys.bid_tag(bid_id) or await self._legacy_tag(bid_id, deadline)
+        if tag is None:
+            return LossResult(LossOutcome.UNKNOWN_BID, bid_id)
+        record_key = bid_key(tag, bid_id)
+        [reply] = await self._on_slot(record_key, [("HGETALL", record_key)], deadline, "read bid")
+        record = _hash(reply)
+        if not record:
+            return LossResult(LossOutcome.UNKNOWN_BID, bid_id)
+        campaign_id = record[b"c"].decode()
+        if b"l" in record:
+            return LossResult(LossOutcome.DUPLICATE, bid_id, campaign_id)
+        if record.get(b"w") == b"1":
+            return LossResult(LossOutcome.ALREADY_WON, bid_id, campaign_id)
+        loss = LOSS_SCRIPT.command([record_key, record[b"hk"].decode()], [reason, self._win_ttl_s])
+        results = await self._on_slot(record_key, [loss], deadline, "record loss", wait=True)
+        code, released = (int(v) for v in results[0])
+        outcome = {
+            1: LossOutcome.RECORDED,
+            0: LossOutcome.DUPLICATE,
+            2: LossOutcome.ALREADY_WON,
+        }.get(code, LossOutcome.UNKNOWN_BID)
+        return LossResult(outcome, bid_id, campaign_id if code >= 0 else None, released)
 
     async def _legacy_tag(self, bid_id: str, deadline: float) -> str | None:
         """The campaign tag `migrate-redis` left for a bid made under the old layout (its id has none)."""
