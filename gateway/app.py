@@ -14,20 +14,23 @@ from prometheus_client import CollectorRegistry
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from gateway.api import errors, events, routes
+from gateway.api import errors, events, notices, routes
 from gateway.api.admission import LoopLagAdmission
 from gateway.api.bid_endpoint import BID_PATH, BidEndpoint
 from gateway.api.decode import RequestLimits
+from gateway.api.notices import NoticeService
 from gateway.config import Settings
 from gateway.core.currency import CurrencyTable
 from gateway.core.pacing import PacingParams
 from gateway.core.pipeline import BidPipeline, PipelineConfig
 from gateway.lifecycle import drain_on_sigterm
+from gateway.notices.setup import notice_keyring
 from gateway.observability.logging import BidLog, RequestIdMiddleware
 from gateway.observability.metrics import (
     BidTally,
     GatewayMetrics,
     MetricsExporter,
+    NoticeMetrics,
     RedisShardExporter,
     RedisShardMetrics,
     StatsSources,
@@ -250,6 +253,9 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
     app.router.routes.append(Route(BID_PATH, app.bid_endpoint, methods=["POST"], include_in_schema=False))
     app.include_router(routes.router)
     app.include_router(events.router)
+    # Keys are read (and checked) here, at start: a gateway that cannot verify its notices does not start.
+    # The catalog renderer signs with the same keyring: app.state.notices.keyring.
+    notices.install(app, NoticeService(notice_keyring(settings), settings.bill_on, NoticeMetrics(registry)))
     add_metrics_route(app, exposition_registry(registry, settings.prometheus_multiproc_dir))
     errors.install(app)
     _attach_msgspec_schemas(app)

@@ -8,10 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, Self
 
-from pydantic import AliasChoices, Field, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from gateway.core.currency import DEFAULT_RATES_PER_USD
+from gateway.notices.keyring import check_key
 from gateway.scoring.targets import parse_target
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -168,6 +169,39 @@ class Settings(BaseSettings):
         "200 with seatbid [] and nbr; requests with ext.candidates always get the latter",
     )
 
+    # Notices: the signed nurl/burl/lurl of catalog bids and the endpoints they call (docs/notices.md)
+    notice_base_url: str = Field(
+        "http://127.0.0.1:8000",
+        pattern=r"^https?://[^\s?#]+$",
+        description="where exchanges reach this gateway: notice URLs are <base>/v1/notices/{win,bill,loss}",
+    )
+    notice_keys: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="key id -> HMAC secret (>= 32 bytes) signing notice URLs, as JSON; at most two: the "
+        "active key and the previous one during a rotation",
+    )
+    notice_keys_dir: Path | None = Field(
+        None,
+        description="a directory with one file per key (name = key id, content = secret): a mounted "
+        "Kubernetes Secret; merged with notice_keys",
+    )
+    notice_active_key: str | None = Field(
+        None, description="the key id that signs; may be omitted when exactly one key is configured"
+    )
+    notice_allow_dev_key: bool = Field(
+        True,
+        description="without any key, sign with the built-in, public, INSECURE dev key (make run); false "
+        "refuses to start instead (the chart sets false)",
+    )
+    bill_on: Literal["burl", "nurl"] = Field(
+        "burl",
+        description="which notice charges: burl (billing notice, the default of OpenRTB 2.6) or nurl (for "
+        "exchanges that bill on win); the other kind only answers 200. Both charge at most once per bid",
+    )
+    notice_ttl_s: int = Field(
+        3600, ge=1, description="a notice URL verifies this long after its bid; <= win_dedupe_ttl_s"
+    )
+
     # Campaigns (redis backend): bid records, holds and pacing
     bid_ttl_s: int = Field(300, ge=1, description="a returned bid may be won (and holds budget) this long")
     win_dedupe_ttl_s: int = Field(172_800, ge=1, description="a won bid id answers 'duplicate' this long")
@@ -177,6 +211,13 @@ class Settings(BaseSettings):
     pacing_hourly_weights: tuple[float, ...] = Field(
         (1.0,) * 24, description="24 UTC-hour traffic weights shaping the planned spend curve"
     )
+
+    @field_validator("notice_keys")
+    @classmethod
+    def _notice_keys(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for kid, secret in value.items():
+            check_key(kid, secret.get_secret_value().encode())  # ValueError naming the key id
+        return value
 
     @field_validator("triton_url")
     @classmethod
@@ -209,6 +250,9 @@ class Settings(BaseSettings):
             raise ValueError("retrieval_top_k must be <= max_candidates (what one Triton call may carry)")
         if self.win_dedupe_ttl_s < self.bid_ttl_s:
             raise ValueError("win_dedupe_ttl_s must be >= bid_ttl_s")
+        if self.notice_ttl_s > self.win_dedupe_ttl_s:
+            # A replayed notice must find its bid record (and answer duplicate) for as long as it verifies.
+            raise ValueError("notice_ttl_s must be <= win_dedupe_ttl_s")
         if self.store_backend == "redis":
             from gateway.stores.shards import parse_redis_url  # noqa: PLC0415 - redis only when it is used
 

@@ -29,9 +29,9 @@ from gateway.api.decode import from_validation_error
 from gateway.api.errors import error_response
 from gateway.api.openapi import error, json_content
 from gateway.errors import InvalidRequest, MalformedRequest
-from gateway.stores.campaigns import CampaignLedger, WinOutcome
+from gateway.stores.campaigns import CampaignLedger, WinOutcome, WinResult
 
-__all__ = ["WinNotice", "decode_win_notice", "router"]
+__all__ = ["WIN_RESULT_SCHEMA", "WinNotice", "decode_win_notice", "router", "win_answer"]
 
 router = APIRouter()
 
@@ -45,7 +45,7 @@ class WinNotice(msgspec.Struct, frozen=True, kw_only=True):
 _DECODER: Final = msgspec.json.Decoder(WinNotice)
 # WinNotice has only scalar fields, so its component schema inlines without dangling $refs.
 _NOTICE_SCHEMA: Final[dict[str, Any]] = msgspec.json.schema_components([WinNotice])[1]["WinNotice"]
-_RESULT_SCHEMA: Final[dict[str, Any]] = {
+WIN_RESULT_SCHEMA: Final[dict[str, Any]] = {
     "type": "object",
     "required": ["bid_id", "duplicate"],
     "properties": {
@@ -78,7 +78,7 @@ def decode_win_notice(body: bytes) -> WinNotice:
         "requestBody": {"required": True, "content": {"application/json": {"schema": _NOTICE_SCHEMA}}}
     },
     responses={
-        200: json_content(_RESULT_SCHEMA, "Recorded, or a duplicate of a notice already recorded"),
+        200: json_content(WIN_RESULT_SCHEMA, "Recorded, or a duplicate of a notice already recorded"),
         400: error("Malformed JSON, a wrong type or a missing field"),
         404: error("unknown_bid: no such bid, or its record expired"),
         422: error("Clearing price above the bid price, another currency, a negative price"),
@@ -98,20 +98,26 @@ async def win(request: Request) -> Response:
     # Not on a bid's clock: billing had rather wait than fail, up to the ledger's own (configured) cap.
     deadline = time.monotonic() + ledger.timeout_s
     result = await ledger.record_win(notice.bid_id, notice.price, notice.cur, deadline)
+    return win_answer(result, notice.price, notice.cur)
+
+
+def win_answer(result: WinResult, price: float, cur: str | None, bid_field: str = "bid_id") -> Response:
+    """The HTTP answer for a billing attempt (this route and the signed bill/win notice URLs, whose bid id
+    travels in `bid_field`)."""
     if result.outcome is WinOutcome.UNKNOWN_BID:
-        return error_response(404, "unknown_bid", f"bid {notice.bid_id!r} is unknown or expired", "bid_id")
+        return error_response(404, "unknown_bid", f"bid {result.bid_id!r} is unknown or expired", bid_field)
     if result.outcome is WinOutcome.ABOVE_BID_PRICE:
         return error_response(
             422,
             "price_above_bid",
-            f"clearing price {notice.price} is above the bid price {result.bid_price}",
+            f"clearing price {price} is above the bid price {result.bid_price}",
             "price",
         )
     if result.outcome is WinOutcome.CURRENCY_MISMATCH:
         return error_response(
             422,
             "currency_mismatch",
-            f"the bid was priced in {result.currency}, the notice says {notice.cur}",
+            f"the bid was priced in {result.currency}, the notice says {cur}",
             "cur",
         )
     body = {

@@ -667,3 +667,64 @@ def worker_exited(multiprocess_dir: Path | None) -> None:
     if multiprocess_dir is not None:
         with contextlib.suppress(FileNotFoundError):
             multiprocess.mark_process_dead(os.getpid(), str(multiprocess_dir))  # type: ignore[no-untyped-call]
+
+
+# -- Notices: the win, bill and loss notices exchanges send to the signed URLs (gateway.api.notices) --
+
+NOTICE_KINDS: Final = ("win", "bill", "loss")
+# Every result a notice can have; counted from the start so rates have a denominator.
+NOTICE_RESULTS: Final = (
+    "recorded",  # billed (win/bill) or loss recorded
+    "acknowledged",  # win notice while bill_on=burl: answered, nothing recorded
+    "duplicate",
+    "already_won",  # a loss notice for a bid already billed
+    "unknown_bid",
+    "forged",
+    "unsubstituted_macro",
+    "invalid_price",
+    "invalid_reason",
+    "price_above_bid",
+    "currency_mismatch",
+    "malformed",
+    "disabled",  # embedded backend: no bid records
+    "store_unavailable",
+)
+# OpenRTB 2.6 section 5.25 Loss Reason Codes; 1000+ are exchange-specific, anything else is "unknown".
+LOSS_REASON_CODES: Final = frozenset((*range(11), *range(100, 105), *range(200, 214)))
+
+
+def loss_reason_label(code: int) -> str:
+    """A bounded label for a loss reason code."""
+    if code in LOSS_REASON_CODES:
+        return str(code)
+    return "exchange_specific" if code >= 1000 else "unknown"
+
+
+class NoticeMetrics:
+    """Notices by kind and result, and recorded losses by reason (labels bounded: kinds, results, the
+    spec's reason codes). Counted directly: a notice is not on the bid path."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.notices = Counter(
+            "bidgw_notices",
+            "Notices received on the signed notice URLs, by kind (win, bill, loss) and result (recorded, "
+            "duplicate, forged, unsubstituted_macro, invalid_price, unknown_bid, ...)",
+            ["kind", "result"],
+            registry=registry,
+        )
+        self.losses = Counter(
+            "bidgw_notice_losses",
+            "Loss notices recorded (once per bid), by OpenRTB 2.6 loss reason code "
+            "(exchange_specific: 1000+, unknown: not in the spec)",
+            ["reason"],
+            registry=registry,
+        )
+        for kind in NOTICE_KINDS:
+            for result in NOTICE_RESULTS:
+                self.notices.labels(kind, result)
+
+    def count(self, kind: str, result: str) -> None:
+        self.notices.labels(kind, result).inc()
+
+    def loss(self, reason: int) -> None:
+        self.losses.labels(loss_reason_label(reason)).inc()

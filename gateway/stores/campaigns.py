@@ -12,9 +12,9 @@ Every write is a Lua script over one campaign slot, so replicas cannot race: `re
 reservations + price against the budget and the user's frequency cap and records the bid (one script per
 slot, all slots of a response at once, each on its own shard); `record_win` moves the hold into spend,
 counts the impression and marks the bid won, once per bid id; `record_loss` marks it lost with the
-exchange's reason code and releases the hold of a bid that never won, once per bid id. The bid's read (`read_command`) is a script
-too, one call per shard: per campaign it answers committed micro-USD and the user's impressions, packed,
-not the raw keys.
+exchange's reason code and releases the hold of a bid that never won, once per bid id. The bid's read
+(`read_command`) is a script too, one call per shard: per campaign it answers committed micro-USD and the
+user's impressions, packed, not the raw keys.
 
 With `win_replicas` > 0 a win is acknowledged only once WAIT says that many replicas have it (capped at the
 live replicas the slot map lists for the shard: a primary promoted a moment ago has none until a replica
