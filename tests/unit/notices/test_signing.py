@@ -49,8 +49,11 @@ def query_of(url: str) -> bytes:
     return urlsplit(url).query.encode()
 
 
-def filled(kind: NoticeKind, signer_keyring: NoticeKeyring = KEYRING, **kw: str) -> bytes:
-    return query_of(substitute(NoticeSigner(signer_keyring, "https://gw.example").url(kind, FACTS), **kw))
+def filled(
+    kind: NoticeKind, signer_keyring: NoticeKeyring = KEYRING, *, price: str = "1.25", loss: str = "102"
+) -> bytes:
+    url = NoticeSigner(signer_keyring, "https://gw.example").url(kind, FACTS)
+    return query_of(substitute(url, price=price, loss=loss))
 
 
 def with_field(query: bytes, name: str, value: str) -> bytes:
