@@ -49,8 +49,8 @@ def redis_server() -> Iterator[RedisServer]:
         yield server
 
 
-def notice_settings(redis: RedisServer, **overrides: object) -> Settings:
-    return redis_settings(redis, notice_keys=KEYS, notice_allow_dev_key=False, **overrides)
+def notice_settings(redis: RedisServer) -> Settings:
+    return redis_settings(redis, notice_keys=KEYS, notice_allow_dev_key=False)
 
 
 @pytest.fixture(scope="module")
