@@ -271,3 +271,16 @@ def test_the_embedded_backend_says_notices_are_disabled(redis_server: RedisServe
             operation = spec["paths"][f"/v1/notices/{kind}"][method]
             assert {"200", "400", "403", "404", "422", "501", "503"} <= set(operation["responses"])
             assert {p["name"] for p in operation["parameters"]} >= {"bid", "sig", "kid", "exp"}
+
+
+def test_with_bill_on_nurl_the_win_notice_bills_once_with_the_bill_notice(redis_server: RedisServer) -> None:
+    reset(redis_server.url, {CAMPAIGN: CampaignConfig(daily_budget_micros=10**9)})
+    settings = redis_settings(redis_server, notice_keys=KEYS, bill_on="nurl")
+    bid_id = reserve(redis_server.url, 2.5, 2500)
+    bid = rendered(settings, bid_id, 2.5)
+    with serve_in_thread(settings) as url, httpx.Client(base_url=url) as client:
+        win = client.get(as_exchange(bid.nurl, price="1.5"))
+        bill = client.get(as_exchange(bid.burl, price="1.5"))
+    assert win.json() == {"bid_id": bid_id, "duplicate": False, "campaign_id": CAMPAIGN, "cost_micros": 1500}
+    assert bill.json()["duplicate"], "win and bill notices of one bid charge once between them"
+    assert spend(redis_server.url, CAMPAIGN) == 1500
