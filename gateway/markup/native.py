@@ -29,6 +29,7 @@ NATIVE_VERSION: Final = "1.2"
 IMG_ICON, IMG_LOGO, IMG_MAIN = 1, 2, 3  # Native 1.2 table 7.4 Image Asset Types
 DATA_SPONSORED, DATA_DESC, DATA_CTATEXT = 1, 2, 12  # table 7.3 Data Asset Types
 EVENT_IMPRESSION, METHOD_IMG = 1, 1  # tables 7.6 Event Types, 7.7 Event Tracking Methods
+_MAX_CACHED_CHARS: Final = 16_384  # IAB example requests are under 2 KB
 
 
 class _Lenient(msgspec.Struct, frozen=True, kw_only=True):
@@ -74,12 +75,23 @@ class NativeRequest:
     wrapped: bool  # the request came as {"native": {...}}: answer in the same shape
 
 
-@lru_cache(maxsize=1024)
 def parse_native_request(raw: str | None) -> NativeRequest | None:
     """The parsed request, or None when it is absent or not a native request (never raises). Cached:
-    retrieval asks once per native creative of an imp, with the same string."""
+    retrieval asks once per native creative of an imp, with the same string; only strings of a normal
+    size, so a client sending huge ones cannot make the cache hold gigabytes."""
     if not raw:
         return None
+    if len(raw) > _MAX_CACHED_CHARS:
+        return _parse(raw)
+    return _parse_cached(raw)
+
+
+@lru_cache(maxsize=1024)
+def _parse_cached(raw: str) -> NativeRequest | None:
+    return _parse(raw)
+
+
+def _parse(raw: str) -> NativeRequest | None:
     try:
         document = msgspec.json.decode(raw)
         wrapped = isinstance(document, dict) and isinstance(document.get("native"), dict)
