@@ -26,8 +26,8 @@ _REF = "#/components/schemas/{name}"
 # POST /v1/bid is served by `gateway.api.bid_endpoint.BidEndpoint`, outside FastAPI's routing; this is
 # the operation the OpenAPI document describes for it (what FastAPI would have generated).
 BID_OPERATION: Final[dict[str, Any]] = {
-    "summary": "Rank the candidate ads of an OpenRTB 2.6 BidRequest (its ext.candidates, or the catalog's for "
-    "a plain request) and answer a BidResponse",
+    "summary": "Rank the candidate ads of an OpenRTB 2.6 BidRequest (its ext.candidates, or the catalog's "
+    "for a plain request) and answer a BidResponse",
     "operationId": "bid_v1_bid_post",
     "requestBody": {"required": True, "content": {"application/json": {"schema": _REQUEST_SCHEMA}}},
     "responses": {
