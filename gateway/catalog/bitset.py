@@ -12,18 +12,26 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from functools import cache
 from typing import Final
 
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Bits", "Posting", "count", "empty", "first_positions", "word_count"]
+__all__ = ["Bits", "Posting", "count", "empty", "first_positions", "from_positions", "word_count"]
 
 Bits = npt.NDArray[np.uint64]
 
 _ONE: Final = np.uint64(1)
-# Bits set in each byte value: popcount by table (numpy < 2 has no bitwise_count).
-_POPCOUNT8: Final = np.array([bin(value).count("1") for value in range(256)], dtype=np.uint8)
+
+
+@cache
+def _popcount16() -> npt.NDArray[np.uint8]:
+    """Bits set in each 16-bit value (numpy < 2 has no bitwise_count): a 64 KiB table, built on first use."""
+    by_byte = np.array([bin(value).count("1") for value in range(256)], dtype=np.uint8)
+    values = np.arange(1 << 16, dtype=np.uint32)
+    table: npt.NDArray[np.uint8] = by_byte[values & 0xFF] + by_byte[values >> 8]
+    return table
 
 
 def word_count(size: int) -> int:
@@ -43,21 +51,26 @@ def from_positions(positions: npt.NDArray[np.int64], size: int) -> Bits:
 
 def count(bits: Bits) -> int:
     """How many bits are set."""
-    return int(_POPCOUNT8[bits.view(np.uint8)].sum(dtype=np.int64))
+    return int(np.take(_popcount16(), bits.view(np.uint16)).sum(dtype=np.int64))
 
 
 def first_positions(bits: Bits, limit: int, skip: int = 0) -> npt.NDArray[np.int64]:
     """The set positions, ascending, from the `skip`-th to at most `limit` of them.
 
     Each non-zero word holds at least one set bit, so the first skip + limit non-zero words hold every
-    position asked for: only those words are unpacked, not the whole bitset."""
-    nonzero = np.flatnonzero(bits)[: skip + limit]
+    position asked for; their popcounts then say how few of them to unpack (at 30% density, 200
+    positions sit in ~10 words, not 200)."""
+    wanted = skip + limit
+    nonzero = np.flatnonzero(bits)[:wanted]
     if not len(nonzero):
         return np.empty(0, dtype=np.int64)
-    flags = np.unpackbits(bits[nonzero].view(np.uint8), bitorder="little").reshape(-1, 64)
+    words = bits[nonzero]
+    per_word = np.take(_popcount16(), words.view(np.uint16)).reshape(-1, 4).sum(axis=1, dtype=np.int64)
+    needed = int(np.searchsorted(np.cumsum(per_word), wanted)) + 1
+    flags = np.unpackbits(words[:needed].view(np.uint8), bitorder="little").reshape(-1, 64)
     rows, cols = np.nonzero(flags)
     positions: npt.NDArray[np.int64] = nonzero[rows].astype(np.int64) * 64 + cols
-    return positions[skip : skip + limit]
+    return positions[skip:wanted]
 
 
 @dataclass(frozen=True, slots=True)

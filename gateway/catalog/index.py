@@ -63,11 +63,12 @@ class AllowIndex(Generic[K]):
     def accepted(self, values: Iterable[K]) -> Bits | None:
         if not self.postings:
             return None
+        found = [posting for value in values if (posting := self.postings.get(value)) is not None]
+        if not found:
+            return self.unrestricted  # read-only for the caller: no copy for a value nobody lists
         result = self.unrestricted.copy()
-        for value in values:
-            posting = self.postings.get(value)
-            if posting is not None:
-                posting.or_into(result)
+        for posting in found:
+            posting.or_into(result)
         return result
 
 
