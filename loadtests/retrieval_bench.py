@@ -212,9 +212,7 @@ def representation(size: int = 100_000, dimensions: int = 10, rounds: int = 2_00
     the first 200 survivors, as numpy booleans vs packed uint64 words (us per intersection)."""
     rng = np.random.default_rng(3)
     flags = [rng.random(size) < 0.8 for _ in range(dimensions)]
-    packed = [
-        np.packbits(np.resize(f, -(-size // 64) * 64), bitorder="little").view(np.uint64) for f in flags
-    ]
+    packed = [from_positions(np.flatnonzero(f), size) for f in flags]
 
     def timed(step: Any) -> float:
         started = time.process_time()
