@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from functools import cache
 from typing import Final
 
 import numpy as np
@@ -23,15 +22,6 @@ __all__ = ["Bits", "Posting", "count", "empty", "first_positions", "from_positio
 Bits = npt.NDArray[np.uint64]
 
 _ONE: Final = np.uint64(1)
-
-
-@cache
-def _popcount16() -> npt.NDArray[np.uint8]:
-    """Bits set in each 16-bit value (numpy < 2 has no bitwise_count): a 64 KiB table, built on first use."""
-    by_byte = np.array([bin(value).count("1") for value in range(256)], dtype=np.uint8)
-    values = np.arange(1 << 16, dtype=np.uint32)
-    table: npt.NDArray[np.uint8] = by_byte[values & 0xFF] + by_byte[values >> 8]
-    return table
 
 
 def word_count(size: int) -> int:
@@ -50,27 +40,25 @@ def from_positions(positions: npt.NDArray[np.int64], size: int) -> Bits:
 
 
 def count(bits: Bits) -> int:
-    """How many bits are set."""
-    return int(np.take(_popcount16(), bits.view(np.uint16)).sum(dtype=np.int64))
+    """How many bits are set. numpy < 2 has no popcount: unpacking to one byte per bit and counting those
+    as booleans (a SIMD loop) beats a 16-bit lookup table."""
+    return int(np.count_nonzero(np.unpackbits(bits.view(np.uint8)).view(np.bool_)))
 
 
 def first_positions(bits: Bits, limit: int, skip: int = 0) -> npt.NDArray[np.int64]:
     """The set positions, ascending, from the `skip`-th to at most `limit` of them.
 
     Each non-zero word holds at least one set bit, so the first skip + limit non-zero words hold every
-    position asked for; their popcounts then say how few of them to unpack (at 30% density, 200
-    positions sit in ~10 words, not 200)."""
+    position asked for: only those are unpacked, whatever the catalog's size. The unpacked bytes are read
+    as booleans: numpy's nonzero is ~10x faster on bool than on uint8 (and on 1-D than on 2-D)."""
     wanted = skip + limit
     nonzero = np.flatnonzero(bits)[:wanted]
     if not len(nonzero):
         return np.empty(0, dtype=np.int64)
-    words = bits[nonzero]
-    per_word = np.take(_popcount16(), words.view(np.uint16)).reshape(-1, 4).sum(axis=1, dtype=np.int64)
-    needed = int(np.searchsorted(np.cumsum(per_word), wanted)) + 1
-    flags = np.unpackbits(words[:needed].view(np.uint8), bitorder="little").reshape(-1, 64)
-    rows, cols = np.nonzero(flags)
-    positions: npt.NDArray[np.int64] = nonzero[rows].astype(np.int64) * 64 + cols
-    return positions[skip:wanted]
+    flags = np.unpackbits(bits[nonzero].view(np.uint8), bitorder="little").view(np.bool_)
+    found = np.flatnonzero(flags)[skip:wanted]
+    positions: npt.NDArray[np.int64] = nonzero[found >> 6].astype(np.int64) * 64 + (found & 63)
+    return positions
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,16 +60,28 @@ class AllowIndex(Generic[K]):
     unrestricted: Bits
     postings: Mapping[K, Posting]
 
-    def accepted(self, values: Iterable[K]) -> Bits | None:
+    def restrict(self, values: Iterable[K], target: Bits) -> None:
+        """target &= the creatives accepting one of `values`: unrestricted | posting[v] for each v.
+
+        Written to touch the full bitset once or twice: a value nobody lists is one AND with
+        `unrestricted`; one sparse posting is that AND plus a gather and scatter of its few words
+        (target & posting, saved first); denser cases OR into a copy of `unrestricted`."""
         if not self.postings:
-            return None
+            return  # nobody restricts this dimension
         found = [posting for value in values if (posting := self.postings.get(value)) is not None]
+        if len(found) == 1 and found[0].words is None:
+            sparse = found[0]
+            kept = target[sparse.word_index] & sparse.word_bits
+            np.bitwise_and(target, self.unrestricted, out=target)
+            target[sparse.word_index] |= kept
+            return
         if not found:
-            return self.unrestricted  # read-only for the caller: no copy for a value nobody lists
-        result = self.unrestricted.copy()
+            np.bitwise_and(target, self.unrestricted, out=target)
+            return
+        accepted = self.unrestricted.copy()
         for posting in found:
-            posting.or_into(result)
-        return result
+            posting.or_into(accepted)
+        np.bitwise_and(target, accepted, out=target)
 
 
 @dataclass(frozen=True, slots=True)
