@@ -22,7 +22,7 @@ LOADTEST_USERS ?= 16
 LOADTEST_TIME ?= 60s
 LOADTEST_BID_RATE ?= 5
 
-.PHONY: install system-deps deploy-tools run triton serve test test-fast lint format train loadtest bench capacity profile clean
+.PHONY: install system-deps deploy-tools run triton serve test test-fast lint format train loadtest bench bench-retrieval capacity profile clean
 
 $(STAMPS):
 	mkdir -p $(STAMPS)
@@ -85,6 +85,11 @@ loadtest: install $(STAMPS)/locust
 bench: install $(STAMPS)/kserve
 	$(BIN)/python -m loadtests.bench
 	$(BIN)/python -m loadtests.capacity
+
+# Catalog retrieval CPU per imp at 10k/100k/1M creatives, index build time and memory (under 3 minutes):
+# loadtests/results/retrieval.json and the Retrieval section of docs/benchmarks.md.
+bench-retrieval: install
+	$(BIN)/python -m loadtests.retrieval_bench
 
 # The gateway under load with py-spy: loadtests/results/profile.svg (flamegraph) and profile.md (CPU per
 # stage per bid). PROFILE_ARGS, e.g. --rate 600 --protocol http.

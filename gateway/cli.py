@@ -4,6 +4,7 @@ serve   the gateway (uvicorn, uvloop + httptools) against the Triton at BIDGW_TR
 triton  a local CPU Triton on triton_models/ until Ctrl-C
 run     both: a local Triton, then the gateway pointed at it; Ctrl-C stops both (`make run`)
 seed-redis  load the snapshots (and campaign budgets/caps) into Redis for store_backend=redis
+seed-catalog  validate a campaign catalog file and store it (and its budgets/caps) in Redis
 migrate-redis  move campaign state from the layout before hash tags to today's (one-shot, idempotent)
 """
 
@@ -66,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
 
     seed.add_arguments(
         commands.add_parser("seed-redis", help="load the snapshots (and campaigns) into Redis")
+    )
+    from gateway.catalog import redis_catalog  # noqa: PLC0415
+
+    redis_catalog.add_arguments(
+        commands.add_parser("seed-catalog", help="validate a catalog and store it in Redis (docs/catalog.md)")
     )
     migrate.add_arguments(
         commands.add_parser(
@@ -210,6 +216,12 @@ def seed_redis(args: argparse.Namespace) -> int:
     return seed.command(args)
 
 
+def seed_catalog(args: argparse.Namespace) -> int:
+    from gateway.catalog import redis_catalog  # noqa: PLC0415
+
+    return redis_catalog.command(args)
+
+
 def migrate_redis(args: argparse.Namespace) -> int:
     from gateway.stores import migrate  # noqa: PLC0415
 
@@ -224,6 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "triton": run_triton,
         "run": run_stack,
         "seed-redis": seed_redis,
+        "seed-catalog": seed_catalog,
         "migrate-redis": migrate_redis,
     }
     try:

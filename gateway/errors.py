@@ -15,7 +15,9 @@ GatewayError
 ├── Overloaded                 admission control: too many bids in flight in this worker (503)
 ├── StoreError                 a feature/ad store backend failed
 ├── DiscoveryError             the Triton name did not resolve (the fleet keeps the addresses it had)
-└── LocalTritonError           the local Triton launcher could not bring the server up (CLI only)
+├── LocalTritonError           the local Triton launcher could not bring the server up (CLI only)
+└── CatalogError               a campaign catalog file is invalid (names the line and field); the old
+                               catalog keeps serving
 """
 
 from __future__ import annotations
@@ -98,3 +100,14 @@ class DiscoveryError(GatewayError):
 
 class LocalTritonError(GatewayError):
     """The local Triton launcher failed; the message is the one line the operator needs."""
+
+
+class CatalogError(GatewayError):
+    """A campaign catalog that cannot be loaded: `line` (1-based, None when not about one line) and `field`
+    (a path inside that line's JSON object, like "creatives[0].banner.sizes[1].w", or None)."""
+
+    def __init__(self, message: str, *, line: int | None = None, field: str | None = None) -> None:
+        super().__init__(f"line {line}: {message}" if line is not None else message)
+        self.line = line
+        self.field = field
+        self.detail = message

@@ -20,7 +20,7 @@ from typing import Any, Final
 
 import torch
 
-from training import evaluate, modelcard, snapshots, synthetic
+from training import catalog, evaluate, modelcard, snapshots, synthetic
 from training import world as w
 from training.export import export
 from training.fit import FitReport, TrainConfig, fit, predict
@@ -124,6 +124,8 @@ def run(options: RunOptions) -> dict[str, Any]:
     torch.set_num_threads(2)
     world = w.make_world()
     written = snapshots.write_snapshots(world, options.snapshot_dir)
+    # The default catalog follows the ads snapshot: same ad ids, priors and campaigns.
+    written.append(catalog.write_catalog(options.snapshot_dir))
     logger.info("snapshots: %s", ", ".join(f"{p.name} {p.stat().st_size} bytes" for p in written))
     train = synthetic.generate_logs(world, options.rows, synthetic.TRAIN_SEED)
     holdout = synthetic.generate_logs(world, options.holdout_rows, synthetic.HOLDOUT_SEED)

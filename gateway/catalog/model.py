@@ -147,6 +147,7 @@ class Campaign(_Strict, frozen=True, kw_only=True):
     daily_budget_usd: Annotated[float, msgspec.Meta(ge=0)] | None = None
     freq_cap: Annotated[int, msgspec.Meta(ge=0)] = 0
     seat: str | None = None  # the buyer seat for deals' wseat; None: the gateway's seat
+    app_bundle: str | None = None  # the app the campaign promotes (bundle or store id): matched against bapp
     targeting: Targeting = msgspec.field(default_factory=Targeting)
     creatives: Annotated[list[Creative], msgspec.Meta(min_length=1)]
 
