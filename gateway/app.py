@@ -19,15 +19,22 @@ from gateway.api.admission import LoopLagAdmission
 from gateway.api.bid_endpoint import BID_PATH, BidEndpoint
 from gateway.api.decode import RequestLimits
 from gateway.api.notices import NoticeService
+from gateway.catalog.redis_catalog import RedisCatalogSource
+from gateway.catalog.reloader import CatalogHolder, CatalogReloader, CatalogSource, FileCatalogSource
+from gateway.catalog.retrieval import CatalogRetriever
 from gateway.config import Settings
 from gateway.core.currency import CurrencyTable
 from gateway.core.pacing import PacingParams
 from gateway.core.pipeline import BidPipeline, PipelineConfig
 from gateway.lifecycle import drain_on_sigterm
-from gateway.notices.setup import notice_keyring
+from gateway.markup.native import native_fits
+from gateway.markup.render import CatalogBidRenderer
+from gateway.notices.setup import notice_keyring, notice_signer
 from gateway.observability.logging import BidLog, RequestIdMiddleware
 from gateway.observability.metrics import (
     BidTally,
+    CatalogExporter,
+    CatalogMetrics,
     GatewayMetrics,
     MetricsExporter,
     NoticeMetrics,
@@ -114,6 +121,29 @@ async def _open_store(
     return await asyncio.to_thread(EmbeddedFeatureStore.load, settings.snapshot_dir), None
 
 
+async def _open_catalog(
+    settings: Settings, campaign_store: RedisFeatureStore | None
+) -> tuple[CatalogRetriever, CatalogReloader] | None:
+    """The catalog plain requests are bid from, loaded (a bad catalog fails the start, naming its line) and
+    reloaded every `catalog_reload_interval_s`; None when `catalog_source` is off."""
+    if settings.catalog_source == "off":
+        return None
+    source: CatalogSource
+    if settings.catalog_source == "redis":
+        assert campaign_store is not None  # Settings refuses catalog_source=redis without the redis backend
+        source = RedisCatalogSource(campaign_store.shards)
+    else:
+        source = FileCatalogSource(settings.catalog_path)
+    holder = CatalogHolder()
+    reloader = CatalogReloader(holder, source, interval_s=settings.catalog_reload_interval_s)
+    await reloader.load_initial()  # the index is built in a thread: health probes still answer
+    reloader.start()
+    retriever = CatalogRetriever(
+        holder, seat=settings.seat, top_k=settings.retrieval_top_k, native_fits=native_fits
+    )
+    return retriever, reloader
+
+
 class GatewayApp(FastAPI):
     """FastAPI, with POST /v1/bid handed to the raw `BidEndpoint` before routing and middleware (see
     `gateway.api.bid_endpoint` for why); every other request takes FastAPI's usual path."""
@@ -168,6 +198,16 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
         )
         admission.start()
         fallback = PriorScorer() if settings.on_scoring_failure == "priors" else None
+        catalog = await _open_catalog(settings, campaign_store)
+        renderer = (
+            CatalogBidRenderer(
+                notice_signer(settings, app.state.notices.keyring),
+                currencies,  # the pipeline's own: the notice URLs sign the response's currency
+                notice_ttl_s=settings.notice_ttl_s,
+            )
+            if catalog is not None
+            else None
+        )
         pipeline = BidPipeline(
             store,
             batcher,
@@ -178,6 +218,8 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
             pacing_params=PacingParams(
                 horizon_s=settings.pacing_horizon_s, hourly_weights=settings.pacing_hourly_weights
             ),
+            catalog=catalog[0] if catalog is not None else None,
+            renderer=renderer,
         )
         services = Services(
             limits=RequestLimits(
@@ -185,6 +227,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
                 max_body_bytes=settings.max_body_bytes,
                 max_imps=settings.max_imps,
                 max_candidates=settings.max_candidates,
+                candidates_required=catalog is None,
             ),
             store=store,
             scorer=batcher,
@@ -193,6 +236,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
             bids_without_model=fallback is not None,
             admission=admission,
             trust_request_start=settings.trust_request_start,
+            plain_nobid_status=settings.plain_nobid_status,
             tally=BidTally(),
             bid_log=BidLog(settings.log_bid_sample_rate),
             ledger=campaign_store.ledger if campaign_store is not None else None,
@@ -212,9 +256,14 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
             shed=lambda: services.shed_bids,
             breaker_state=lambda: breaker.state,
             breaker_opens=lambda: breaker.opened_count,
-            also=[RedisShardExporter(shard_metrics, campaign_store.shards.all_nodes).export]
-            if campaign_store is not None and shard_metrics is not None
-            else [],
+            also=[
+                *(
+                    [RedisShardExporter(shard_metrics, campaign_store.shards.all_nodes).export]
+                    if campaign_store is not None and shard_metrics is not None
+                    else []
+                ),
+                *([CatalogExporter(catalog_metrics, catalog[1].holder.stats).export] if catalog else []),
+            ],
         )
         app.state.services = services
         app.state.metrics_exporter = exporter
@@ -225,6 +274,8 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
         finally:
             export_task.cancel()
             admission.stop()
+            if catalog is not None:
+                await catalog[1].stop()
             with contextlib.suppress(asyncio.CancelledError):
                 await export_task
             await batcher.aclose()
@@ -243,6 +294,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
     # Middleware order: the request id is set outermost, so the HTTP metrics and every log line see it.
     registry = CollectorRegistry(auto_describe=True)
     gateway_metrics = GatewayMetrics(registry)
+    catalog_metrics = CatalogMetrics(registry)
     # Per Redis shard, only with Redis: an embedded gateway exports no empty families for it.
     shard_metrics = RedisShardMetrics(registry) if settings.store_backend == "redis" else None
     http_metrics = instrument_http(app, registry)

@@ -246,6 +246,8 @@ class Settings(BaseSettings):
             raise ValueError(
                 "batch_concurrency_min must be <= batch_concurrency (the adaptive limit's ceiling)"
             )
+        if self.catalog_source == "redis" and self.store_backend != "redis":
+            raise ValueError("catalog_source=redis needs store_backend=redis (the catalog lives beside it)")
         if self.retrieval_top_k > self.max_candidates:
             raise ValueError("retrieval_top_k must be <= max_candidates (what one Triton call may carry)")
         if self.win_dedupe_ttl_s < self.bid_ttl_s:

@@ -52,6 +52,7 @@ from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentato
 from starlette.types import ASGIApp
 
 from gateway.api.admission import AdmissionStats
+from gateway.catalog.reloader import CatalogStats
 from gateway.core.eligibility import LOSS_REASONS, NOT_LOST
 from gateway.core.pipeline import Decision, PipelineCounters
 from gateway.observability.triton_errors import TritonErrorCounts
@@ -538,6 +539,66 @@ class RedisShardExporter:
                 self._metrics.round_trip.labels(shard.name).add(added, max(0.0, total - last_total))
             if errors > last_errors:
                 self._metrics.errors.labels(shard.name).inc(errors - last_errors)
+
+
+# -- The catalog plain requests are bid from (gateway.catalog.reloader) --
+
+
+class CatalogMetrics:
+    """Which catalog each worker serves and how its reloads go. The version is a label of an info-style
+    gauge (1 for the version served, 0 for one it left): a handful of values over a process's life."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.version = Gauge(
+            "bidgw_catalog_version_info",
+            "1 for the catalog version a worker serves (0 for versions it served before)",
+            ["version"],
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.loaded_at = Gauge(
+            "bidgw_catalog_loaded_timestamp_seconds",
+            "When the catalog being served was loaded (epoch seconds); the oldest live worker's",
+            registry=registry,
+            multiprocess_mode="livemin",
+        )
+        self.creatives = Gauge(
+            "bidgw_catalog_creatives",
+            "Creatives in the served catalog's index (paused campaigns excluded)",
+            registry=registry,
+            multiprocess_mode="livemax",
+        )
+        self.reloads = Counter(
+            "bidgw_catalog_reloads",
+            "Catalog loads by result: ok (a new version swapped in) or failed (rejected, the old one kept)",
+            ["result"],
+            registry=registry,
+        )
+        self.reload_children = {result: self.reloads.labels(result) for result in ("ok", "failed")}
+
+
+class CatalogExporter:
+    """Moves `CatalogHolder.stats()` into `CatalogMetrics` (counter deltas since the last export)."""
+
+    def __init__(self, metrics: CatalogMetrics, stats: Callable[[], CatalogStats]) -> None:
+        self._metrics = metrics
+        self._stats = stats
+        self._version = ""
+        self._ok = 0
+        self._failed = 0
+
+    def export(self) -> None:
+        stats, m = self._stats(), self._metrics
+        if stats.version != self._version:
+            if self._version:
+                m.version.labels(self._version).set(0)
+            m.version.labels(stats.version).set(1)
+            self._version = stats.version
+        m.loaded_at.set(stats.loaded_at)
+        m.creatives.set(stats.creatives)
+        m.reload_children["ok"].inc(max(0, stats.reloads_ok - self._ok))
+        m.reload_children["failed"].inc(max(0, stats.reloads_failed - self._failed))
+        self._ok, self._failed = stats.reloads_ok, stats.reloads_failed
 
 
 # -- HTTP metrics, exposition and multiprocess plumbing --

@@ -15,9 +15,10 @@ from gateway.local_triton import free_port
 
 
 @contextmanager
-def serve_in_thread(settings: Settings) -> Iterator[str]:
-    """Yields the base URL once the app's lifespan has started; shuts the server down on exit."""
-    port = free_port()
+def serve_in_thread(settings: Settings, port: int | None = None) -> Iterator[str]:
+    """Yields the base URL once the app's lifespan has started; shuts the server down on exit. `port`: one
+    the caller reserved (e.g. to name it in notice_base_url first); default a free one."""
+    port = port or free_port()
     config = uvicorn.Config(
         create_app(settings),
         host="127.0.0.1",

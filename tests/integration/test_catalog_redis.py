@@ -100,9 +100,7 @@ async def round_trip(url: str, tmp_path: Path) -> None:
         await shards.aclose()
 
 
-async def test_seed_read_back_and_reload_on_one_server(
-    redis_server: RedisServer, tmp_path: Path
-) -> None:
+async def test_seed_read_back_and_reload_on_one_server(redis_server: RedisServer, tmp_path: Path) -> None:
     await round_trip(redis_server.url, tmp_path)
 
 
