@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from gateway.api import errors, events, routes
+from gateway.api import errors, events, feedback, routes
 from gateway.api.admission import LoopLagAdmission
 from gateway.api.bid_endpoint import BID_PATH, BidEndpoint
 from gateway.api.decode import RequestLimits
@@ -22,7 +22,11 @@ from gateway.config import Settings
 from gateway.core.currency import CurrencyTable
 from gateway.core.pacing import PacingParams
 from gateway.core.pipeline import BidPipeline, PipelineConfig
+from gateway.experiments.pool import VersionChain
+from gateway.experiments.wiring import start_experiments, version_chain_factory
 from gateway.lifecycle import drain_on_sigterm
+from gateway.observability.calibration import CalibrationMetrics
+from gateway.observability.experiment_metrics import ExperimentExporter, ExperimentMetrics
 from gateway.observability.logging import BidLog, RequestIdMiddleware
 from gateway.observability.metrics import (
     BidTally,
@@ -47,6 +51,7 @@ from gateway.scoring.triton import TritonScorer
 from gateway.scoring.triton_http import TritonHttpScorer
 from gateway.services import Services
 from gateway.stores.embedded import EmbeddedFeatureStore
+from gateway.stores.feedback import FeedbackLedger
 from gateway.stores.redis_store import RedisFeatureStore
 
 
@@ -165,6 +170,20 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
         )
         admission.start()
         fallback = PriorScorer() if settings.on_scoring_failure == "priors" else None
+        # Experiments: per-version chains beside this default one, the router, shadow scoring.
+        feedback_ledger = (
+            FeedbackLedger(campaign_store.shards, timeout_s=settings.redis_win_timeout_ms / 1000.0)
+            if campaign_store is not None
+            else None
+        )
+        experiments = await start_experiments(
+            settings,
+            VersionChain(upstream=counted, live=batcher),
+            version_chain_factory(
+                settings, lambda version: triton_fleet(settings.model_copy(update={"model_version": version}))
+            ),
+            feedback_ledger,
+        )
         pipeline = BidPipeline(
             store,
             batcher,
@@ -175,6 +194,8 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
             pacing_params=PacingParams(
                 horizon_s=settings.pacing_horizon_s, hourly_weights=settings.pacing_hourly_weights
             ),
+            router=experiments.router,
+            shadow=experiments.shadow,
         )
         services = Services(
             limits=RequestLimits(
@@ -193,6 +214,8 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
             tally=BidTally(),
             bid_log=BidLog(settings.log_bid_sample_rate),
             ledger=campaign_store.ledger if campaign_store is not None else None,
+            feedback=feedback_ledger,
+            calibration=calibration_metrics,
         )
         exporter = MetricsExporter(
             gateway_metrics,
@@ -209,9 +232,18 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
             shed=lambda: services.shed_bids,
             breaker_state=lambda: breaker.state,
             breaker_opens=lambda: breaker.opened_count,
-            also=[RedisShardExporter(shard_metrics, campaign_store.shards.all_nodes).export]
-            if campaign_store is not None and shard_metrics is not None
-            else [],
+            also=[
+                *(
+                    [RedisShardExporter(shard_metrics, campaign_store.shards.all_nodes).export]
+                    if campaign_store is not None and shard_metrics is not None
+                    else []
+                ),
+                ExperimentExporter(
+                    experiment_metrics,
+                    experiments.shadow.stats if experiments.shadow is not None else None,
+                    experiments.watcher.stats if experiments.watcher is not None else None,
+                ).export,
+            ],
         )
         app.state.services = services
         app.state.metrics_exporter = exporter
@@ -224,6 +256,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
             admission.stop()
             with contextlib.suppress(asyncio.CancelledError):
                 await export_task
+            await experiments.aclose()
             await batcher.aclose()
             await triton.aclose()
             if campaign_store is not None:
@@ -240,6 +273,8 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
     # Middleware order: the request id is set outermost, so the HTTP metrics and every log line see it.
     registry = CollectorRegistry(auto_describe=True)
     gateway_metrics = GatewayMetrics(registry)
+    calibration_metrics = CalibrationMetrics(registry)
+    experiment_metrics = ExperimentMetrics(registry)
     # Per Redis shard, only with Redis: an embedded gateway exports no empty families for it.
     shard_metrics = RedisShardMetrics(registry) if settings.store_backend == "redis" else None
     http_metrics = instrument_http(app, registry)
@@ -250,6 +285,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
     app.router.routes.append(Route(BID_PATH, app.bid_endpoint, methods=["POST"], include_in_schema=False))
     app.include_router(routes.router)
     app.include_router(events.router)
+    app.include_router(feedback.router)
     add_metrics_route(app, exposition_registry(registry, settings.prometheus_multiproc_dir))
     errors.install(app)
     _attach_msgspec_schemas(app)

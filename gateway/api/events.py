@@ -29,6 +29,7 @@ from gateway.api.decode import from_validation_error
 from gateway.api.errors import error_response
 from gateway.api.openapi import error, json_content
 from gateway.errors import InvalidRequest, MalformedRequest
+from gateway.observability.calibration import CalibrationMetrics
 from gateway.stores.campaigns import CampaignLedger, WinOutcome
 
 __all__ = ["WinNotice", "decode_win_notice", "router"]
@@ -114,6 +115,9 @@ async def win(request: Request) -> Response:
             f"the bid was priced in {result.currency}, the notice says {notice.cur}",
             "cur",
         )
+    calibration: CalibrationMetrics | None = getattr(request.app.state.services, "calibration", None)
+    if result.outcome is WinOutcome.RECORDED and result.attribution is not None and calibration is not None:
+        calibration.on_impression(result.attribution, result.cost_micros)
     body = {
         "bid_id": result.bid_id,
         "duplicate": result.outcome is WinOutcome.DUPLICATE,
