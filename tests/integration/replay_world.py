@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 import numpy as np
+import numpy.typing as npt
 
 from training import synthetic
 from training import world as w
@@ -19,7 +20,7 @@ from training import world as w
 class Opportunities:
     world: w.World
     rows: synthetic.Rows  # rows.ad is the first candidate; the others are in `candidates`
-    candidates: np.ndarray  # [N, K] ad indices
+    candidates: npt.NDArray[np.int64]  # [N, K] ad indices
 
 
 def draw(world: w.World, n: int, candidates: int, seed: int, hour: int) -> Opportunities:
@@ -84,7 +85,7 @@ def request(opps: Opportunities, i: int, bid_usd: float = 1.0) -> dict[str, obje
     }
 
 
-def truth(opps: Opportunities, index: list[int], winners: list[int]) -> tuple[np.ndarray, np.ndarray]:
+def truth(opps: Opportunities, index: list[int], winners: list[int]) -> tuple[w.F64, w.F64]:
     """True (pCTR, pCVR) of opportunity index[j] served with ad winners[j]."""
     idx = np.asarray(index, dtype=np.int64)
     rows = opps.rows

@@ -136,6 +136,17 @@ async def _replay(url: str, opps: Opportunities, rng: np.random.Generator) -> di
     }
 
 
+async def _click_all(url: str, bid_ids: list[str]) -> dict[Any, float]:
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+        async def click(bid_id: str) -> None:
+            response = await client.post("/v1/events/click", content=json.dumps({"bid_id": bid_id}))
+            assert response.status_code == 200, response.text
+
+        await _each(bid_ids, click)
+        return _samples((await client.get("/metrics")).text)
+
+
 def test_replay_split_calibration_and_alert_condition_against_the_worlds_truth(
     triton: LocalTriton, redis_server: RedisServer, tmp_path: Path
 ) -> None:
@@ -193,7 +204,8 @@ def test_replay_split_calibration_and_alert_condition_against_the_worlds_truth(
             true_conv = float(result["true_cvr"][clicked_rows].sum()) if clicked_rows else 0.0
             report.append(
                 f"v{version}: {len(rows)} impressions, pCTR predicted {predicted:.1f} / true {p.sum():.1f} "
-                f"/ observed {clicks} clicks (sd {sd:.1f}): calibration live {predicted / max(clicks, 1):.3f}, "
+                f"/ observed {clicks} clicks (sd {sd:.1f}): "
+                f"calibration live {predicted / max(clicks, 1):.3f}, "
                 f"vs truth {predicted / p.sum():.3f}; pCVR predicted {pcvr_pred:.2f} / true {true_conv:.2f} "
                 f"/ observed {conversions} conversions"
             )
@@ -205,4 +217,82 @@ def test_replay_split_calibration_and_alert_condition_against_the_worlds_truth(
             f"shadow v2 on control: {shadow_imps:.0f} impressions, predicted {shadow_pred:.1f}, "
             f"observed {shadow_clicks:.0f} clicks"
         )
-        print("\n".join(report))  # noqa: T201 - the figures the issue's closing note reports
+
+        # -- a deliberately miscalibrated version: its impressions reported as clicked far beyond the
+        # truth (300 extra clicks), the live ratio the alert reads falls far below 0.9
+        candidate_rows = [
+            b["id"]
+            for (_, b), c in zip(won, result["clicked"], strict=True)
+            if not c and b["ext"]["experiment"] == "replay/candidate" and b["ext"]["model_version"] == "2"
+        ][:300]
+        after = asyncio.run(_click_all(url, candidate_rows))
+        ratio = _model(after, "predicted_clicks", "2", "replay/candidate") / _model(
+            after, "clicks", "2", "replay/candidate"
+        )
+        assert ratio < 0.9 * 0.5, ratio
+        report.append(f"miscalibrated v2 (300 false clicks): live ratio {ratio:.3f}")
+        print("\n".join(report))
+
+
+ROUND_BIDS = 120
+RATE_PER_S = 60.0
+PAIRS = 3
+
+
+async def _round_p99(url: str, opps: Opportunities, first: int) -> float:
+    """p99 latency (ms) of ROUND_BIDS bids sent open-loop at RATE_PER_S (a fixed rate, as the bench)."""
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+
+        async def one(k: int) -> None:
+            await asyncio.sleep(k / RATE_PER_S)
+            started = loop.time()
+            response = await client.post("/v1/bid", content=json.dumps(request(opps, first + k)))
+            assert response.status_code == 200
+            latencies.append((loop.time() - started) * 1000)
+
+        await asyncio.gather(*(one(k) for k in range(ROUND_BIDS)))
+    return float(np.percentile(latencies, 99))
+
+
+def test_shadow_scoring_adds_nothing_to_the_bid_p99_at_a_fixed_rate(
+    triton: LocalTriton, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Paired rounds (off, on) at the same fixed rate: shadow on every bid vs none, same requests."""
+    reset(redis_server.url)
+    experiment = tmp_path / "experiment.json"
+
+    def write(sample: float) -> None:
+        body = {**EXPERIMENT, "arms": [{"name": "control", "version": "1", "weight": 100}]}
+        body["shadow"] = {"version": "2", "sample": sample}
+        experiment.write_text(json.dumps(body))
+
+    write(0.0)
+    settings = redis_settings(
+        redis_server,
+        triton.http_address,
+        experiment_path=experiment,
+        experiment_reload_interval_s=0.1,
+        redis_timeout_ms=200.0,
+    )
+    opps = draw(w.make_world(), ROUND_BIDS * 2 * PAIRS, CANDIDATES, seed=16, hour=datetime.now(UTC).hour)
+    pairs = []
+    with serve_in_thread(settings) as url:
+        asyncio.run(_round_p99(url, opps, 0))  # warm-up: connections, both versions' first calls
+        for pair in range(PAIRS):
+            p99 = {}
+            for sample in (0.0, 1.0):
+                write(sample)
+                time_to_reload = 0.5  # several reload intervals, and a new mtime/size either way
+                asyncio.run(asyncio.sleep(time_to_reload))
+                p99[sample] = asyncio.run(_round_p99(url, opps, (2 * pair + int(sample)) * ROUND_BIDS))
+            pairs.append((p99[0.0], p99[1.0]))
+        shadow_jobs = _samples(httpx.get(f"{url}/metrics").text)
+    queued = sum(v for (name, labels), v in shadow_jobs.items() if name == "bidgw_shadow_jobs_total")
+    assert queued > 0.5 * ROUND_BIDS * PAIRS  # shadow really ran in the "on" rounds
+    differences = sorted(on - off for off, on in pairs)
+    median = differences[len(differences) // 2]
+    print(f"shadow overhead, p99 ms (off, on) per pair: {pairs}; median difference {median:+.2f} ms")
+    # Nothing on the bid path: the median paired difference stays within this shared machine's noise.
+    assert median < max(2.0, 0.25 * min(off for off, _ in pairs)), pairs
