@@ -78,6 +78,7 @@ EXPECTED_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "bidgw_stage_duration_seconds": ("histogram", frozenset({"stage"})),
     "bidgw_bids": ("counter", frozenset({"outcome", "degraded"})),
     "bidgw_bid_candidates": ("histogram", frozenset()),
+    "bidgw_retrieval_matches": ("histogram", frozenset()),
     "bidgw_clearing_price_usd": ("histogram", frozenset()),
     "bidgw_win_ecpm_usd": ("histogram", frozenset()),
     "bidgw_candidates_dropped": ("counter", frozenset({"reason"})),
