@@ -14,7 +14,7 @@ from prometheus_client import CollectorRegistry
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from gateway.api import errors, events, notices, routes
+from gateway.api import errors, events, feedback, notices, routes
 from gateway.api.admission import LoopLagAdmission
 from gateway.api.bid_endpoint import BID_PATH, BidEndpoint
 from gateway.api.decode import RequestLimits
@@ -26,10 +26,14 @@ from gateway.config import Settings
 from gateway.core.currency import CurrencyTable
 from gateway.core.pacing import PacingParams
 from gateway.core.pipeline import BidPipeline, PipelineConfig
+from gateway.experiments.pool import VersionChain
+from gateway.experiments.wiring import start_experiments, version_chain_factory
 from gateway.lifecycle import drain_on_sigterm
 from gateway.markup.native import native_fits
 from gateway.markup.render import CatalogBidRenderer
 from gateway.notices.setup import notice_keyring, notice_signer
+from gateway.observability.calibration import CalibrationMetrics
+from gateway.observability.experiment_metrics import ExperimentExporter, ExperimentMetrics
 from gateway.observability.logging import BidLog, RequestIdMiddleware
 from gateway.observability.metrics import (
     BidTally,
@@ -57,6 +61,7 @@ from gateway.scoring.triton import TritonScorer
 from gateway.scoring.triton_http import TritonHttpScorer
 from gateway.services import Services
 from gateway.stores.embedded import EmbeddedFeatureStore
+from gateway.stores.feedback import FeedbackLedger
 from gateway.stores.redis_store import RedisFeatureStore
 
 
@@ -208,6 +213,20 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
             if catalog is not None
             else None
         )
+        # Experiments: per-version chains beside this default one, the router, shadow scoring.
+        feedback_ledger = (
+            FeedbackLedger(campaign_store.shards, timeout_s=settings.redis_win_timeout_ms / 1000.0)
+            if campaign_store is not None
+            else None
+        )
+        experiments = await start_experiments(
+            settings,
+            VersionChain(upstream=counted, live=batcher),
+            version_chain_factory(
+                settings, lambda version: triton_fleet(settings.model_copy(update={"model_version": version}))
+            ),
+            feedback_ledger,
+        )
         pipeline = BidPipeline(
             store,
             batcher,
@@ -220,6 +239,8 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
             ),
             catalog=catalog[0] if catalog is not None else None,
             renderer=renderer,
+            router=experiments.router,
+            shadow=experiments.shadow,
         )
         services = Services(
             limits=RequestLimits(
@@ -240,6 +261,8 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
             tally=BidTally(),
             bid_log=BidLog(settings.log_bid_sample_rate),
             ledger=campaign_store.ledger if campaign_store is not None else None,
+            feedback=feedback_ledger,
+            calibration=calibration_metrics,
         )
         exporter = MetricsExporter(
             gateway_metrics,
@@ -263,6 +286,11 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
                     else []
                 ),
                 *([CatalogExporter(catalog_metrics, catalog[1].holder.stats).export] if catalog else []),
+                ExperimentExporter(
+                    experiment_metrics,
+                    experiments.shadow.stats if experiments.shadow is not None else None,
+                    experiments.watcher.stats if experiments.watcher is not None else None,
+                ).export,
             ],
         )
         app.state.services = services
@@ -278,6 +306,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
                 await catalog[1].stop()
             with contextlib.suppress(asyncio.CancelledError):
                 await export_task
+            await experiments.aclose()
             await batcher.aclose()
             await triton.aclose()
             if campaign_store is not None:
@@ -295,6 +324,8 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
     registry = CollectorRegistry(auto_describe=True)
     gateway_metrics = GatewayMetrics(registry)
     catalog_metrics = CatalogMetrics(registry)
+    calibration_metrics = CalibrationMetrics(registry)
+    experiment_metrics = ExperimentMetrics(registry)
     # Per Redis shard, only with Redis: an embedded gateway exports no empty families for it.
     shard_metrics = RedisShardMetrics(registry) if settings.store_backend == "redis" else None
     http_metrics = instrument_http(app, registry)
@@ -308,6 +339,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
     # Keys are read (and checked) here, at start: a gateway that cannot verify its notices does not start.
     # The catalog renderer signs with the same keyring: app.state.notices.keyring.
     notices.install(app, NoticeService(notice_keyring(settings), settings.bill_on, NoticeMetrics(registry)))
+    app.include_router(feedback.router)
     add_metrics_route(app, exposition_registry(registry, settings.prometheus_multiproc_dir))
     errors.install(app)
     _attach_msgspec_schemas(app)

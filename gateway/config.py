@@ -86,6 +86,20 @@ class Settings(BaseSettings):
     batch_concurrency_min: int = Field(1, ge=1, description="adaptive: the floor of the in-flight limit")
     batch_upstream_latency_us: int = Field(2_000, ge=0)
 
+    # Experiments (docs/experiments.md): a split of traffic across model versions, and shadow scoring.
+    experiment_path: Path | None = Field(
+        None,
+        description="JSON experiment configuration (arms, weights, salt, shadow), watched and reloaded "
+        "without a restart; unset: every bid on model_version",
+    )
+    experiment_reload_interval_s: float = Field(
+        5.0, gt=0, le=3600, description="how often to look at experiment_path for a change"
+    )
+    shadow_max_queued_rows: int = Field(
+        4096, ge=1, description="rows awaiting shadow scoring per worker; beyond, shadow jobs are dropped"
+    )
+    shadow_timeout_ms: float = Field(500.0, gt=0, description="cap on one shadow scoring request")
+
     # Deadlines (milliseconds): budget = min(tmax - network margin, server cap); default when tmax absent.
     default_tmax_ms: int = Field(100, gt=0)
     network_margin_ms: int = Field(10, ge=0)

@@ -228,6 +228,8 @@ class BidExt(_Schema, frozen=True, kw_only=True):
     pcvr: float
     bid_type: str
     model_version: str
+    # The experiment arm that chose model_version ("<experiment>/<arm>", docs/experiments.md).
+    experiment: str = ""
 
 
 class Bid(_Schema, frozen=True, kw_only=True):

@@ -8,9 +8,11 @@ from gateway.api.admission import LoopLagAdmission
 from gateway.api.decode import RequestLimits
 from gateway.core.pipeline import BidPipeline
 from gateway.core.ports import FeatureStore, Scorer
+from gateway.observability.calibration import CalibrationMetrics
 from gateway.observability.logging import BidLog
 from gateway.observability.metrics import BidTally
 from gateway.stores.campaigns import CampaignLedger
+from gateway.stores.feedback import FeedbackLedger
 
 
 @dataclass(slots=True)
@@ -25,6 +27,8 @@ class Services:
     tally: BidTally = field(default_factory=BidTally)  # per-bid metrics, exported by the MetricsExporter
     bid_log: BidLog = field(default_factory=lambda: BidLog(0.0))
     ledger: CampaignLedger | None = None  # campaign state for win notices (redis backend only)
+    feedback: FeedbackLedger | None = None  # click and conversion notices (redis backend only)
+    calibration: CalibrationMetrics | None = None  # counted by win, click and conversion notices
     # Sheds while the event loop has a standing queue; its lag counts against each bid's budget.
     admission: LoopLagAdmission = field(default_factory=lambda: LoopLagAdmission(target_s=0.0))
     plain_nobid_status: int = 204  # a no-bid to a request without ext.candidates: 204, or 200 with nbr

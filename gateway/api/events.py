@@ -29,9 +29,10 @@ from gateway.api.decode import from_validation_error
 from gateway.api.errors import error_response
 from gateway.api.openapi import error, json_content
 from gateway.errors import InvalidRequest, MalformedRequest
+from gateway.observability.calibration import CalibrationMetrics
 from gateway.stores.campaigns import CampaignLedger, WinOutcome, WinResult
 
-__all__ = ["WIN_RESULT_SCHEMA", "WinNotice", "decode_win_notice", "router", "win_answer"]
+__all__ = ["WIN_RESULT_SCHEMA", "WinNotice", "count_impression", "decode_win_notice", "router", "win_answer"]
 
 router = APIRouter()
 
@@ -98,7 +99,16 @@ async def win(request: Request) -> Response:
     # Not on a bid's clock: billing had rather wait than fail, up to the ledger's own (configured) cap.
     deadline = time.monotonic() + ledger.timeout_s
     result = await ledger.record_win(notice.bid_id, notice.price, notice.cur, deadline)
+    count_impression(request, result)
     return win_answer(result, notice.price, notice.cur)
+
+
+def count_impression(request: Request, result: WinResult) -> None:
+    """A win recorded now is an impression of the model version that priced it (live calibration); this
+    route and the signed bill/win notice URLs both bill, so both count here."""
+    calibration: CalibrationMetrics | None = getattr(request.app.state.services, "calibration", None)
+    if result.outcome is WinOutcome.RECORDED and result.attribution is not None and calibration is not None:
+        calibration.on_impression(result.attribution, result.cost_micros)
 
 
 def win_answer(result: WinResult, price: float, cur: str | None, bid_field: str = "bid_id") -> Response:

@@ -32,7 +32,7 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import Response
 
 from gateway.api.errors import error_response
-from gateway.api.events import WIN_RESULT_SCHEMA, win_answer
+from gateway.api.events import WIN_RESULT_SCHEMA, count_impression, win_answer
 from gateway.api.openapi import error, json_content
 from gateway.errors import BadRequest, ForgedNotice, StoreError
 from gateway.notices.checks import CheckedNotice, check_notice, required_fields
@@ -114,18 +114,21 @@ async def _handle(kind: NoticeKind, request: Request) -> Response:
     try:
         if kind is NoticeKind.LOSS:
             return await _loss(notices, ledger, checked)
-        return await _bill(notices, ledger, checked)
+        return await _bill(request, notices, ledger, checked)
     except StoreError:
         notices.metrics.count(kind.value, "store_unavailable")
         raise  # gateway.api.errors: 503 store_unavailable with Retry-After; the exchange retries
 
 
-async def _bill(notices: NoticeService, ledger: CampaignLedger, checked: CheckedNotice) -> Response:
+async def _bill(
+    request: Request, notices: NoticeService, ledger: CampaignLedger, checked: CheckedNotice
+) -> Response:
     assert checked.price is not None  # check_notice sets it for win and bill
     # Not on a bid's clock: billing had rather wait than fail, up to the ledger's own (configured) cap.
     deadline = time.monotonic() + ledger.timeout_s
     result = await ledger.record_win(checked.bid_id, checked.price, checked.currency, deadline)
     notices.metrics.count(checked.kind.value, _WIN_RESULTS[result.outcome])
+    count_impression(request, result)
     return win_answer(result, checked.price, checked.currency, bid_field="bid")
 
 

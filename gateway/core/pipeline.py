@@ -25,6 +25,7 @@ import numpy.typing as npt
 
 from gateway.core import auction, eligibility, features, pacing, request_columns
 from gateway.core.currency import CurrencyTable
+from gateway.core.experiment_ports import ModelRoute, ModelRouter, ShadowJob, ShadowSink
 from gateway.core.ports import (
     AdFeatures,
     AdKeys,
@@ -132,6 +133,8 @@ class BidPipeline:
         hold_reserve_s: float = 0.003,
         catalog: CandidateSource | None = None,
         renderer: BidRenderer | None = None,
+        router: ModelRouter | None = None,
+        shadow: ShadowSink | None = None,
     ) -> None:
         """When the scorer fails, `fallback` scores from priors; without one the answer is no-bid nbr 1.
         Either way the response says `ext.degraded: true`.
@@ -153,6 +156,10 @@ class BidPipeline:
         self._rng = rng or np.random.default_rng()
         self._hold_reserve_s = hold_reserve_s if campaigns is not None else 0.0
         self._scorer = scorer
+        # Experiments: the router picks each bid's arm and version (else `scorer`, arm ""); `shadow`
+        # scores the winners again on the shadow version after the response (docs/experiments.md).
+        self._router = router
+        self._shadow = shadow
         self._fallback = fallback
         self.counters = PipelineCounters()
         self._currencies = currencies
@@ -216,10 +223,12 @@ class BidPipeline:
         timings["features"] = (scored_at - started) * 1000.0
 
         degraded = False
+        route = self._router.route(user_key, request.id) if self._router is not None else None
+        scorer = route.scorer if route is not None else self._scorer
         try:
             # The scorer gets the deadline minus what the fallback, auction and encoding need after it.
             # With campaign state it also keeps back the budget holds' round trip.
-            scores = await self._scorer.score(
+            scores = await scorer.score(
                 cat_ids, dense, deadline - self._config.auction_reserve_s - self._hold_reserve_s
             )
         except ScoringError as exc:
@@ -262,6 +271,7 @@ class BidPipeline:
                 bid_ids=bid_ids,
                 user_key=user_key,
                 deadline=deadline,
+                attribution=(scores, route.arm if route is not None else ""),
             )
         timings["auction"] = (self._clock() - auction_at) * 1000.0
 
@@ -281,6 +291,8 @@ class BidPipeline:
                 degraded=degraded,
                 loss_codes=result.outcome_code,
             )
+        if route is not None and route.shadow_version is not None and not degraded:
+            self._offer_shadow(route, result.wins, bid_ids, cat_ids, dense)
         response = self._bid_response(
             request,
             raw_candidates,
@@ -289,6 +301,7 @@ class BidPipeline:
             debug=debug,
             degraded=degraded,
             bid_ids=bid_ids,
+            arm=route.arm if route is not None else "",
         )
         return Decision(
             response=response,
@@ -348,6 +361,7 @@ class BidPipeline:
         bid_ids: list[str],
         user_key: str | None,
         deadline: float,
+        attribution: tuple[Scores, str] | None = None,
     ) -> tuple[auction.AuctionResult, list[str]]:
         """Hold each winner's price against its campaign's budget before answering. A refused hold (the
         budget or the user's cap ran out since the lookup: another replica won) drops that win; its imp
@@ -365,6 +379,7 @@ class BidPipeline:
                 currency=currency,
                 rate=rate,
                 cost_micros=pacing.impression_cost_micros(win.price_usd),
+                **_model_attribution(attribution, win.candidate, raw_candidates[win.candidate]),
             )
             for win, bid_id in zip(result.wins, bid_ids, strict=True)
         ]
@@ -396,6 +411,7 @@ class BidPipeline:
         debug: dict[str, Any] | None,
         degraded: bool,
         bid_ids: list[str] | None = None,
+        arm: str = "",
     ) -> BidResponse:
         currency = self._currencies.response_currency(request.cur)
         bids = []
@@ -421,6 +437,7 @@ class BidPipeline:
                         pcvr=scores.pcvr.item(win.candidate),
                         bid_type=ad.bid_type,
                         model_version=scores.model_version,
+                        experiment=arm,
                     ),
                 )
             )
@@ -431,6 +448,20 @@ class BidPipeline:
             seatbid=[SeatBid(seat=self._config.seat, bid=bids)],
             ext=ResponseExt(degraded=degraded, debug=debug),
         )
+
+    def _offer_shadow(
+        self,
+        route: ModelRoute,
+        wins: list[auction.Win],
+        bid_ids: list[str],
+        cat_ids: npt.NDArray[np.int64],
+        dense: npt.NDArray[np.float32],
+    ) -> None:
+        """Hand the winners' rows to the shadow scorer: a gather of a few rows and a non-blocking put."""
+        if self._shadow is None or route.shadow_version is None or not wins:
+            return
+        rows = [win.candidate for win in wins]
+        self._shadow.offer(ShadowJob(route.shadow_version, cat_ids[rows], dense[rows], list(bid_ids)))
 
     def _render(
         self, request: BidRequest, response: BidResponse, retrieved: Retrieved, wins: list[auction.Win]
@@ -488,6 +519,22 @@ _REFUSED_HOLD_CODES: Final = {
     ReserveOutcome.BUDGET_EXHAUSTED: eligibility.reason_code(eligibility.LossReason.BUDGET_EXHAUSTED),
     ReserveOutcome.FREQUENCY_CAPPED: eligibility.reason_code(eligibility.LossReason.FREQUENCY_CAPPED),
 }
+
+
+def _model_attribution(
+    attribution: tuple[Scores, str] | None, candidate: int, ad: Candidate
+) -> dict[str, Any]:
+    """What the bid record keeps for click/conversion calibration: the version, arm and predictions."""
+    if attribution is None:
+        return {}
+    scores, arm = attribution
+    return {
+        "model_version": scores.model_version,
+        "arm": arm,
+        "pctr": scores.pctr.item(candidate),
+        "pcvr": scores.pcvr.item(candidate),
+        "bid_type": ad.bid_type,
+    }
 
 
 def _wants_debug(request: BidRequest) -> bool:

@@ -98,6 +98,12 @@ class Reservation:
     currency: str
     rate: float  # units of `currency` per USD used for the price
     cost_micros: int  # what the impression costs in micro-USD at that price
+    # Kept on the bid record for click/conversion calibration (docs/experiments.md).
+    model_version: str = ""
+    arm: str = ""
+    pctr: float = 0.0
+    pcvr: float = 0.0
+    bid_type: str = ""
 
 
 class ReserveOutcome(enum.IntEnum):

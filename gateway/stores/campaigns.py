@@ -44,6 +44,7 @@ from gateway.core.pacing import MICROS_PER_USD, impression_cost_micros, utc_day
 from gateway.core.ports import Reservation, ReserveOutcome
 from gateway.errors import StoreError
 from gateway.stores import keys
+from gateway.stores.attribution import ModelAttribution, attribution_of
 from gateway.stores.keys import bid_key, config_key, hold_key, impressions_key, spend_key
 from gateway.stores.shards import Command, RedisShards, Script, Shard
 
@@ -123,6 +124,7 @@ class WinResult:
     cost_micros: int = 0  # what this notice charged (0 for anything but RECORDED)
     bid_price: float | None = None
     currency: str | None = None
+    attribution: ModelAttribution | None = None  # RECORDED only: what calibration counts the impression as
 
 
 # One server. KEYS: `n` raw keys (returned as stored: feature rows, configs), then `width` state keys per
@@ -176,13 +178,14 @@ return out
 
 # KEYS per reservation (6): cfg, spend today, hold bucket now, hold bucket before, user's impressions
 # today (the cfg key again for an anonymous user: never written), bid record.
-# ARGV: hold TTL (s), bid TTL (s), then per reservation (7): cost, campaign, user, day, price,
-# currency, rate. Returns one ReserveOutcome per reservation.
+# ARGV: hold TTL (s), bid TTL (s), then per reservation (12): cost, campaign, user, day, price,
+# currency, rate, and the model attribution clicks and conversions are joined to (model version, arm,
+# pCTR, pCVR, bid type; gateway.stores.feedback). Returns one ReserveOutcome per reservation.
 _RESERVE_LUA: Final = """
 local out = {}
 local hold_ttl, bid_ttl = ARGV[1], ARGV[2]
 for i = 0, #KEYS / 6 - 1 do
-  local k, a = i * 6, 2 + i * 7
+  local k, a = i * 6, 2 + i * 12
   local cost, user = tonumber(ARGV[a + 1]), ARGV[a + 3]
   local outcome, held = 1, '0'
   local raw = redis.call('GET', KEYS[k + 1])
@@ -205,7 +208,8 @@ for i = 0, #KEYS / 6 - 1 do
   end
   if outcome == 1 then
     redis.call('HSET', KEYS[k + 6], 'c', ARGV[a + 2], 'u', user, 'd', ARGV[a + 4], 'p', ARGV[a + 5],
-      'cur', ARGV[a + 6], 'r', ARGV[a + 7], 'm', cost, 'h', held, 'hk', KEYS[k + 3], 'w', '0')
+      'cur', ARGV[a + 6], 'r', ARGV[a + 7], 'm', cost, 'h', held, 'hk', KEYS[k + 3], 'w', '0',
+      'mv', ARGV[a + 8], 'ar', ARGV[a + 9], 'pc', ARGV[a + 10], 'pv', ARGV[a + 11], 'bt', ARGV[a + 12])
     redis.call('EXPIRE', KEYS[k + 6], bid_ttl)
   end
   out[#out + 1] = outcome
@@ -214,12 +218,14 @@ return out
 """
 
 # KEYS: bid record, spend on the bid's day, the user's impressions that day (the record key again for an
-# anonymous user), the hold bucket. ARGV: charge, dedupe TTL, spend TTL, impressions TTL, has user.
+# anonymous user), the hold bucket. ARGV: charge, dedupe TTL, spend TTL, impressions TTL, has user, shadow
+# seen ('1': the caller counted the impression for the shadow version too, so its clicks count there).
 # Returns 1 recorded, 0 duplicate, -1 unknown (expired since the caller read it).
 _WIN_LUA: Final = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return -1 end
 if redis.call('HGET', KEYS[1], 'w') == '1' then return 0 end
 redis.call('HSET', KEYS[1], 'w', '1', 'cm', ARGV[1])
+if ARGV[6] == '1' then redis.call('HSET', KEYS[1], 'ws', '1') end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 redis.call('INCRBY', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
@@ -447,6 +453,11 @@ class CampaignLedger:
                 repr(r.price),
                 r.currency,
                 repr(r.rate),
+                r.model_version,
+                r.arm,
+                repr(r.pctr),
+                repr(r.pcvr),
+                r.bid_type,
             )
         return RESERVE_SCRIPT.command(script_keys, args)
 
@@ -484,7 +495,16 @@ class CampaignLedger:
             impressions_key(campaign_id, day, user) if user else record_key,
             record[b"hk"].decode(),
         ]
-        args = [cost, self._win_ttl_s, SPEND_TTL_S, FREQUENCY_TTL_S, "1" if user else "0"]
+        attribution = attribution_of(record)
+        shadow_seen = attribution is not None and attribution.shadow is not None
+        args = [
+            cost,
+            self._win_ttl_s,
+            SPEND_TTL_S,
+            FREQUENCY_TTL_S,
+            "1" if user else "0",
+            "1" if shadow_seen else "0",
+        ]
         win = WIN_SCRIPT.command(script_keys, args)
         results = await self._on_slot(record_key, [win], deadline, "record win", wait=True)
         code = int(results[0])
@@ -492,7 +512,7 @@ class CampaignLedger:
             return WinResult(WinOutcome.UNKNOWN_BID, bid_id)
         if code == 0:
             return found
-        return WinResult(WinOutcome.RECORDED, bid_id, campaign_id, cost, bid_price, bid_currency)
+        return WinResult(WinOutcome.RECORDED, bid_id, campaign_id, cost, bid_price, bid_currency, attribution)
 
     async def record_loss(self, bid_id: str, reason: int, deadline: float) -> LossResult:
         """Record a loss notice with its reason code (OpenRTB 2.6 loss reasons, ${AUCTION_LOSS}) and release

@@ -520,3 +520,28 @@ def test_gateway_readiness_probe_outlasts_a_model_check(render: Renderer) -> Non
     # With onScoringFailure=nobid /readyz asks Triton (up to 1 s per server, in parallel).
     probe = container(one(render.ci("default"), "Deployment", "gateway"))["readinessProbe"]
     assert probe["timeoutSeconds"] >= 2
+
+
+def test_an_experiment_ships_as_a_watched_configmap_the_gateway_accepts(render: Renderer) -> None:
+    from gateway.experiments.config import decode_experiment  # noqa: PLC0415 - only this test needs it
+
+    experiment = {
+        "name": "ranker-v2",
+        "salt": "2024-06-01",
+        "arms": [
+            {"name": "control", "version": "1", "weight": 90},
+            {"name": "candidate", "version": "2", "weight": 10},
+        ],
+        "shadow": {"version": "2", "sample": 0.1},
+    }
+    objects = render({"gateway": {"experiment": experiment}})
+    mounted = one(objects, "ConfigMap", "experiment")
+    config = decode_experiment(mounted["data"]["experiment.json"].encode())
+    assert [(a.version, a.weight) for a in config.arms] == [("1", 90), ("2", 10)]
+    path = one(objects, "ConfigMap", "gateway")["data"]["BIDGW_EXPERIMENT_PATH"]
+    deployment = one(objects, "Deployment", "gateway")
+    mount = next(m for m in container(deployment)["volumeMounts"] if m["name"] == "experiment")
+    assert "subPath" not in mount  # a subPath mount never sees ConfigMap updates: no reload
+    assert path == f"{mount['mountPath']}/experiment.json"
+    assert volumes_by_name(deployment)["experiment"]["configMap"]["name"] == mounted["metadata"]["name"]
+    assert not find(render({}), "ConfigMap", "experiment")

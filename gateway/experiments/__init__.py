@@ -1,0 +1,1 @@
+"""Model experiments: which model version scores a bid (a sticky split), and shadow scoring."""
