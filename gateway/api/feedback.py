@@ -51,6 +51,7 @@ _RESPONSES: Final[dict[int | str, dict[str, Any]]] = {
     400: error("Malformed JSON, a wrong type or a missing bid_id"),
     404: error("unknown_bid: no such bid, or its record expired"),
     409: error("not_won: no win notice billed the bid yet; not_clicked: a conversion without a click"),
+    422: error("invalid_value: an empty or over-long bid_id"),
     501: error("The embedded store backend records no bids"),
     503: error("Redis unavailable: retry later"),
 }

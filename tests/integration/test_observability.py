@@ -84,7 +84,6 @@ EXPECTED_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "bidgw_catalog_creatives": ("gauge", frozenset()),
     "bidgw_catalog_reloads": ("counter", frozenset({"result"})),
     "bidgw_notices": ("counter", frozenset({"kind", "result"})),
-    "bidgw_notice_losses": ("counter", frozenset({"reason"})),
     "bidgw_clearing_price_usd": ("histogram", frozenset()),
     "bidgw_win_ecpm_usd": ("histogram", frozenset()),
     "bidgw_candidates_dropped": ("counter", frozenset({"reason"})),
@@ -115,6 +114,7 @@ _MODEL = frozenset({"version", "arm", "role"})
 # Families that exist once something fed them: Redis shards (store_backend=redis), the calibration
 # counters (win, click and conversion notices), shadow scoring and experiment reloads. Pinned too.
 CONDITIONAL_METRICS: dict[str, tuple[str, frozenset[str]]] = {
+    "bidgw_notice_losses": ("counter", frozenset({"reason"})),  # a child per reason, once one is seen
     "bidgw_redis_round_trip_seconds": ("histogram", frozenset({"shard"})),
     "bidgw_redis_errors": ("counter", frozenset({"shard"})),
     **{
