@@ -5,6 +5,10 @@ exchange's notice loop on a real Redis, and the catalog reloaded under load. Rea
 from __future__ import annotations
 
 import json
+import logging
+import re
+import threading
+import time
 import urllib.parse
 import xml.etree.ElementTree as ET
 from collections.abc import Iterator
@@ -13,11 +17,16 @@ from typing import Any
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import REPO_ROOT, Settings
 from gateway.core.currency import DEFAULT_RATES_PER_USD
 from gateway.local_triton import LocalTriton, free_port
+from gateway.stores.campaigns import CampaignLedger
+from tests.integration.exchange import bids_of, plain_banner_request, substituted
 from tests.integration.gateway_server import serve_in_thread
+from tests.integration.redis_server import RedisServer
+from tests.integration.test_win_notices import on_redis
 
 pytestmark = pytest.mark.integration
 
@@ -135,3 +144,164 @@ def test_iab_example_as_published_gets_a_bid_an_exchange_can_serve(
         else:
             floor_usd = in_usd(imp.get("bidfloor", 0.0), imp.get("bidfloorcur", "USD"))
         assert in_usd(bid["price"], currency) >= floor_usd - 1e-9, (bid, floor_usd)
+
+
+# -- the exchange loop on a real Redis: bid, substitute, bill twice, lose once --
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def redis_gateway(triton: LocalTriton, redis_server: RedisServer) -> Iterator[httpx.Client]:
+    port = free_port()
+    settings = Settings(
+        triton_url=triton.http_address,
+        store_backend="redis",
+        redis_url=redis_server.url,
+        notice_base_url=f"http://127.0.0.1:{port}",
+        overload_lag_target_ms=0,
+    )
+    with serve_in_thread(settings, port) as url, httpx.Client(base_url=url, timeout=10.0) as client:
+        yield client
+
+
+def spend_micros(url: str, campaign_id: str) -> int:
+    return int(on_redis(lambda shards: CampaignLedger(shards).spend_micros(campaign_id), url))
+
+
+def counted(client: httpx.Client, sample: str) -> float:
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").text)}
+    return sum(
+        s.value
+        for family in families.values()
+        for s in family.samples
+        if s.name + "{" + ",".join(f'{k}="{v}"' for k, v in sorted(s.labels.items())) + "}" == sample
+    )
+
+
+def test_the_exchange_loop_bills_once_and_counts_the_loss(
+    redis_gateway: httpx.Client, redis_server: RedisServer
+) -> None:
+    won_response = redis_gateway.post("/v1/bid", content=plain_banner_request("auction-won")).json()
+    [won] = bids_of(won_response)
+    clearing = round(won["price"] * 0.8, 4)  # second price: below the bid
+    bill = substituted(won["burl"], won_response, won, price=clearing)
+    before = spend_micros(redis_server.url, won["cid"])
+
+    first = redis_gateway.get(bill)
+    again = redis_gateway.get(bill)
+    posted = redis_gateway.post(bill)  # exchanges may POST the same URL, and resend it
+    assert first.status_code == 200, first.text
+    assert (first.json()["duplicate"], again.json()["duplicate"], posted.json()["duplicate"]) == (
+        False,
+        True,
+        True,
+    )
+    charged = first.json()["cost_micros"]
+    assert charged == round(clearing * 1000)  # micro-USD of one impression at that CPM
+    assert spend_micros(redis_server.url, won["cid"]) - before == charged
+
+    lost_response = redis_gateway.post("/v1/bid", content=plain_banner_request("auction-lost")).json()
+    [lost] = bids_of(lost_response)
+    losses_before = counted(redis_gateway, 'bidgw_notice_losses_total{reason="102"}')
+    loss = substituted(lost["lurl"], lost_response, lost, loss=102)
+    assert redis_gateway.get(loss).status_code == 200
+    assert redis_gateway.get(loss).json()["duplicate"] is True
+    assert counted(redis_gateway, 'bidgw_notice_losses_total{reason="102"}') - losses_before == 1
+    assert spend_micros(redis_server.url, won["cid"]) - before == charged  # a loss charges nothing
+
+    # A billing URL replayed for the other auction's bid fails its signature, and charges nothing.
+    forged = substituted(won["burl"], lost_response, won)
+    assert redis_gateway.get(forged).status_code == 403
+    assert spend_micros(redis_server.url, won["cid"]) - before == charged
+
+
+# -- hot reload under load --
+
+
+def catalog_file(version: str, campaign: str, *, broken: bool = False) -> bytes:
+    creative: dict[str, Any] = {
+        "id": f"{campaign}-banner",
+        "click_url": f"https://{campaign}.example/",
+        "banner": {"sizes": [{"w": 300, "h": 250}], "image_url": f"https://{campaign}.example/a.png"},
+    }
+    if broken:
+        creative["banner"]["sizes"][0]["w"] = 0
+    line = {
+        "id": campaign,
+        "advertiser": f"{campaign}.example",
+        "cat": ["IAB12"],
+        "bid": 3.0,
+        "creatives": [creative],
+    }
+    return (json.dumps({"catalog_version": version}) + "\n" + json.dumps(line) + "\n").encode()
+
+
+def replace_file(path: Path, content: bytes) -> None:
+    staged = path.with_suffix(".staged")
+    staged.write_bytes(content)
+    staged.replace(path)  # atomic: the reloader never reads half a file
+
+
+def test_catalog_reloads_under_load_and_a_broken_one_never_replaces_it(
+    triton: LocalTriton, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    catalog = tmp_path / "catalog.jsonl"
+    catalog.write_bytes(catalog_file("v1", "alpha"))
+    settings = Settings(
+        triton_url=triton.http_address,
+        catalog_path=catalog,
+        catalog_reload_interval_s=0.1,
+        overload_lag_target_ms=0,
+    )
+    answers: list[tuple[int, str | None]] = []
+    stop = threading.Event()
+
+    def bidder(url: str) -> None:
+        with httpx.Client(base_url=url, timeout=10.0) as client:
+            for i in range(3000):  # bounded: stops by itself even if the test does not stop it
+                if stop.is_set():
+                    return
+                answer = client.post("/v1/bid", content=plain_banner_request(f"r{i}"))
+                bids = bids_of(answer.json()) if answer.status_code == 200 else []
+                answers.append((answer.status_code, bids[0]["cid"] if bids else None))
+
+    def wait_for(campaign: str) -> None:
+        deadline = time.monotonic() + 15
+        while not any(cid == campaign for _, cid in answers[-5:]):
+            assert time.monotonic() < deadline, f"never bid for {campaign}: {answers[-5:]}"
+            time.sleep(0.05)
+
+    with serve_in_thread(settings) as url:
+        thread = threading.Thread(target=bidder, args=(url,))
+        thread.start()
+        try:
+            wait_for("alpha")
+            replace_file(catalog, catalog_file("v2", "beta"))
+            wait_for("beta")
+            switched = len(answers)
+            with caplog.at_level(logging.ERROR, logger="gateway.catalog.reloader"):
+                replace_file(catalog, catalog_file("v3", "gamma", broken=True))
+                time.sleep(1.0)  # ten reload periods
+            served_after = answers[switched:]
+            stats = httpx.get(f"{url}/metrics").text
+        finally:
+            stop.set()
+            thread.join(timeout=30)
+
+    assert answers
+    assert {status for status, _ in answers} == {200}, "a reload dropped or failed a bid"
+    campaigns = [cid for _, cid in answers]
+    first_beta = campaigns.index("beta")
+    assert set(campaigns[:first_beta]) == {"alpha"}
+    assert set(campaigns[first_beta:]) == {"beta"}, "the broken catalog replaced the good one"
+    assert len(served_after) > 5
+    rejected = [r.getMessage() for r in caplog.records if "rejected" in r.getMessage()]
+    assert rejected, "the broken catalog was not reported"
+    assert "line 2" in rejected[0]
+    assert re.search(r'bidgw_catalog_reloads_total\{result="failed"\} [1-9]', stats), stats
+    assert re.search(r'bidgw_catalog_version_info\{version="v2"\} 1\.0', stats), stats

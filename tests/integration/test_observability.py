@@ -38,6 +38,7 @@ from gateway.observability.logging import BidLog, JsonFormatter, request_id_var
 from gateway.observability.metrics import STAGES
 from gateway.openrtb import BidResponse
 from tests.integration.bid_requests import ads_with_distinct_advertisers, candidate, site_request
+from tests.integration.exchange import bids_of, plain_banner_request, substituted
 from tests.integration.gateway_process import GatewayProcess, gateway_process
 from tests.integration.gateway_server import serve_in_thread
 from tests.integration.redis_server import RedisServer
@@ -304,9 +305,22 @@ def send_feedback(client: httpx.Client, response: httpx.Response, i: int) -> Non
                 assert client.get("/v1/events/conversion", params={"bid_id": bid["id"]}).status_code == 200
 
 
+def plain_bid_with_notice(client: httpx.Client, i: int) -> None:
+    """A plain request bid from the catalog, then its billing notice (even i) or its loss notice (odd i),
+    through the signed URLs the bid carries, as an exchange calls them."""
+    response = post_bid(client, plain_banner_request(f"plain-{i}"))
+    assert response.status_code in (200, 204), response.text
+    if response.status_code == 204:
+        return
+    for bid in bids_of(response.json()):
+        url = bid["burl"] if i % 2 == 0 else bid["lurl"]
+        assert client.get(substituted(url, response.json(), bid)).status_code == 200
+
+
 def run_load(url: str, seconds: float) -> int:
-    """Bids (most win, some below the floor) with their win, click and conversion notices, a few malformed
-    requests; 2 threads, bounded by `seconds`."""
+    """Bids (most win, some below the floor) with their win, click and conversion notices, plain requests
+    bid from the catalog with their bill or loss notices, a few malformed requests; 2 threads, bounded by
+    `seconds`."""
     bodies = [bid_body(2.0), bid_body(0.01, count=3, step=0.0), bid_body(5.0, count=20)]
     sent = [0, 0]
     stop_at = time.monotonic() + seconds
@@ -317,6 +331,8 @@ def run_load(url: str, seconds: float) -> int:
             while time.monotonic() < stop_at:
                 if i % 25 == 0:
                     client.post("/v1/bid", content=b"{not json", headers={"content-type": "application/json"})
+                elif i % 5 == 0:
+                    plain_bid_with_notice(client, i)
                 else:
                     response = post_bid(client, bodies[i % len(bodies)])
                     assert response.status_code == 200
