@@ -7,7 +7,7 @@ import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import matplotlib
 import numpy as np
@@ -384,4 +384,17 @@ def write_markdown(  # noqa: PLR0917 - one caller, every input named
         "",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines) + _kept_sections(path))
+
+
+# Sections other benchmarks own in the same document (`make bench-retrieval`): carried over, not dropped.
+_KEPT_SECTIONS: Final = (("<!-- retrieval:start -->", "<!-- retrieval:end -->"),)
+
+
+def _kept_sections(path: Path) -> str:
+    text = path.read_text() if path.exists() else ""
+    kept = []
+    for start, end in _KEPT_SECTIONS:
+        if start in text and end in text:
+            kept.append(start + text.split(start, 1)[1].split(end, 1)[0] + end + "\n")
+    return "".join(f"\n{block}" for block in kept)

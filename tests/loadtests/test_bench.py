@@ -81,3 +81,16 @@ def test_tiny_bench_writes_results_report_and_plots(triton: LocalTriton, tmp_pat
     assert "## Since the previous run" not in report  # nothing was there before this run
     assert (tmp_path / "img" / "bench_latency.png").stat().st_size > 0
     assert (tmp_path / "img" / "bench_cpu.png").stat().st_size > 0
+
+
+def test_rewriting_the_report_keeps_the_retrieval_benchmarks_section(tmp_path: Path) -> None:
+    from loadtests.bench.report import _kept_sections  # noqa: PLC0415 - the one private helper under test
+
+    report = tmp_path / "benchmarks.md"
+    assert _kept_sections(report) == ""
+    section = "<!-- retrieval:start -->\n## Retrieval\n| 100,000 | 165.5 |\n<!-- retrieval:end -->"
+    report.write_text(f"# old bench\n\nnumbers\n\n{section}\n\ntrailing\n")
+    kept = _kept_sections(report)
+    assert section in kept
+    assert "old bench" not in kept
+    assert "trailing" not in kept
