@@ -36,13 +36,16 @@ RUN groupadd --system --gid 10001 bidgw \
 COPY --from=builder /opt/venv /opt/venv
 WORKDIR /app
 COPY data/snapshots/ /app/data/snapshots/
+# The default catalog plain OpenRTB requests are bid from; a deployment mounts its own (or uses Redis).
+COPY data/catalog/ /app/data/catalog/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     BIDGW_HOST=0.0.0.0 \
     BIDGW_PORT=8000 \
     BIDGW_WORKERS=1 \
-    BIDGW_SNAPSHOT_DIR=/app/data/snapshots
+    BIDGW_SNAPSHOT_DIR=/app/data/snapshots \
+    BIDGW_CATALOG_PATH=/app/data/catalog/catalog.jsonl
 USER 10001:10001
 EXPOSE 8000
 # Liveness only (the process serves HTTP); readiness (/readyz: can this replica bid) belongs to the orchestrator.

@@ -177,7 +177,8 @@ class Settings(BaseSettings):
     retrieval_top_k: int = Field(
         200, ge=1, le=4096, description="retrieved candidates the model scores per request, by prior eCPM"
     )
-    plain_nobid_status: Literal[204, 200] = Field(
+    # An int checked below, not Literal[204, 200]: an environment variable arrives as the string "204".
+    plain_nobid_status: int = Field(
         204,
         description="a no-bid to a request without ext.candidates: 204 and no body (most exchanges), or "
         "200 with seatbid [] and nbr; requests with ext.candidates always get the latter",
@@ -231,6 +232,13 @@ class Settings(BaseSettings):
     def _notice_keys(cls, value: dict[str, SecretStr]) -> dict[str, SecretStr]:
         for kid, secret in value.items():
             check_key(kid, secret.get_secret_value().encode())  # ValueError naming the key id
+        return value
+
+    @field_validator("plain_nobid_status")
+    @classmethod
+    def _nobid_status(cls, value: int) -> int:
+        if value not in (200, 204):
+            raise ValueError("plain_nobid_status must be 204 (no body) or 200 (seatbid [] with nbr)")
         return value
 
     @field_validator("triton_url")

@@ -123,6 +123,7 @@ def test_healthcheck_entrypoint_and_settings(stages: list[Stage]) -> None:
     env = " ".join(final.args("ENV"))
     assert "BIDGW_HOST=0.0.0.0" in env
     assert "BIDGW_SNAPSHOT_DIR=/app/data/snapshots" in env
+    assert "BIDGW_CATALOG_PATH=/app/data/catalog/catalog.jsonl" in env  # the image's default catalog
     assert "BIDGW_WORKERS=" in env
     (cmd,) = final.args("CMD")
     assert cmd.startswith("["), "exec form: the server is PID 1 and gets SIGTERM"
@@ -138,11 +139,12 @@ def test_copied_sources_exist_and_are_not_ignored(stages: list[Stage]) -> None:
             if any(word.startswith("--from") for word in args.split()):
                 continue
             sources += words[:-1]
-    assert {"pyproject.toml", "gateway/", "data/snapshots/"} <= set(sources)
+    assert {"pyproject.toml", "gateway/", "data/snapshots/", "data/catalog/"} <= set(sources)
     for source in sources:
         assert (REPO_ROOT / source).exists(), source
         assert not ignored(source.rstrip("/")), f"{source} is excluded by .dockerignore"
     assert any((REPO_ROOT / "data" / "snapshots").glob("*.jsonl.gz"))
+    assert (REPO_ROOT / "data" / "catalog" / "catalog.jsonl").is_file()
 
 
 @pytest.mark.parametrize(
@@ -153,7 +155,14 @@ def test_dockerignore_excludes(path: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["gateway/app.py", "pyproject.toml", "README.md", "data/snapshots/ads.jsonl.gz"]
+    "path",
+    [
+        "gateway/app.py",
+        "pyproject.toml",
+        "README.md",
+        "data/snapshots/ads.jsonl.gz",
+        "data/catalog/catalog.jsonl",
+    ],
 )
 def test_dockerignore_keeps(path: str) -> None:
     assert not ignored(path)
