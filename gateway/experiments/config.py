@@ -47,9 +47,11 @@ class ExperimentConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     @property
     def versions(self) -> set[str]:
-        """Every model version the configuration scores with (arms and shadow)."""
-        found = {arm.version for arm in self.arms}
-        if self.shadow is not None:
+        """The model versions the configuration scores with: arms that take traffic, and the shadow when it
+        samples any. A 0 % arm needs no ready model: a rollback (candidate weight 0) is written exactly
+        when the candidate is broken, and must install."""
+        found = {arm.version for arm in self.arms if arm.weight > 0}
+        if self.shadow is not None and self.shadow.sample > 0:
             found.add(self.shadow.version)
         return found
 

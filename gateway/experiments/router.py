@@ -58,9 +58,10 @@ class ExperimentRouter:
         missing = config.versions - set(scorers)
         if missing:
             raise ValueError(f"no scorer for model versions {sorted(missing)}")
-        live = {
+        live = {  # a 0 % arm is never assigned (ArmAssigner), and its version need not be loaded
             arm.name: ModelRoute(arm_label(config, arm.name), arm.version, scorers[arm.version])
             for arm in config.arms
+            if arm.weight > 0
         }
         shadow = config.shadow
         shadowed = {

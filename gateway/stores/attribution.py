@@ -9,6 +9,7 @@ count toward no calibration.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 __all__ = ["ModelAttribution", "Prediction", "attribution_of"]
@@ -47,5 +48,10 @@ def attribution_of(record: dict[bytes, bytes]) -> ModelAttribution | None:
             else None
         )
     except (KeyError, ValueError):
+        return None
+    scores = (live.pctr, live.pcvr, *((shadow.pctr, shadow.pcvr) if shadow is not None else ()))
+    if not all(math.isfinite(score) for score in scores):
+        # A broken model's NaN would stick in every calibration sum it touches: such a bid is not counted
+        # (its version's impressions fall short, which the dashboard's volume panels show).
         return None
     return ModelAttribution(_text(record, b"ar"), _text(record, b"bt"), live, shadow)

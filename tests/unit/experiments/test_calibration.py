@@ -51,3 +51,7 @@ def test_attribution_is_read_from_a_bid_record() -> None:
     assert found == ModelAttribution("e/candidate", "CPA", Prediction("2", 0.02, 0.1))
     assert attribution_of({b"c": b"x"}) is None
     assert attribution_of({**record, b"pc": b"nan?"}) is None
+    # A broken model's scores parse as floats but must not reach the calibration sums.
+    assert attribution_of({**record, b"pc": b"nan"}) is None
+    assert attribution_of({**record, b"pv": b"inf"}) is None
+    assert attribution_of({**record, b"sv": b"3", b"sc": b"nan", b"sp": b"0.1"}) is None

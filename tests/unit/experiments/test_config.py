@@ -25,6 +25,19 @@ def doc(**overrides: Any) -> bytes:
     return json.dumps(base).encode()
 
 
+def test_versions_without_traffic_need_no_model() -> None:
+    rollback = decode_experiment(
+        doc(
+            arms=[
+                {"name": "control", "version": "1", "weight": 100},
+                {"name": "candidate", "version": "2", "weight": 0},
+            ],
+            shadow={"version": "3", "sample": 0},
+        )
+    )
+    assert rollback.versions == {"1"}
+
+
 def test_a_valid_document_lists_its_versions() -> None:
     config = decode_experiment(doc())
     assert [a.weight for a in config.arms] == [90, 10]

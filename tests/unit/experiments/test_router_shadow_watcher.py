@@ -148,3 +148,11 @@ async def test_the_watcher_never_replaces_a_good_configuration_with_a_bad_one(tm
     assert not await watcher.poll()  # the same bad bytes are not re-parsed every interval
     assert watcher.stats.rejected == 2
     assert watcher.stats.loaded == 1
+    # The candidate breaks; the documented rollback (candidate to 0 %) installs though version 2 is down.
+    two.ready_now = False
+    write(
+        b'{"name": "e", "salt": "s", "arms": [{"name": "c", "version": "1", "weight": 100},'
+        b' {"name": "t", "version": "2", "weight": 0}]}'
+    )
+    assert await watcher.poll()
+    assert router.route("any-user", "r1").version == "1"
