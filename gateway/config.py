@@ -214,7 +214,10 @@ class Settings(BaseSettings):
         "exchanges that bill on win); the other kind only answers 200. Both charge at most once per bid",
     )
     notice_ttl_s: int = Field(
-        3600, ge=1, description="a notice URL verifies this long after its bid; <= win_dedupe_ttl_s"
+        300,
+        ge=1,
+        description="a notice URL verifies this long after its bid; <= bid_ttl_s (an unwon bid's record "
+        "lives that long: a later billing notice would find nothing to bill)",
     )
 
     # Campaigns (redis backend): bid records, holds and pacing
@@ -274,9 +277,11 @@ class Settings(BaseSettings):
             raise ValueError("retrieval_top_k must be <= max_candidates (what one Triton call may carry)")
         if self.win_dedupe_ttl_s < self.bid_ttl_s:
             raise ValueError("win_dedupe_ttl_s must be >= bid_ttl_s")
-        if self.notice_ttl_s > self.win_dedupe_ttl_s:
-            # A replayed notice must find its bid record (and answer duplicate) for as long as it verifies.
-            raise ValueError("notice_ttl_s must be <= win_dedupe_ttl_s")
+        if self.notice_ttl_s > self.bid_ttl_s:
+            # A notice that verifies must find its bid record: an unwon record lives bid_ttl_s (a won one
+            # win_dedupe_ttl_s >= bid_ttl_s, so replays answer duplicate as long as they verify). A burl
+            # passing the signature after its record expired would be charged by the exchange, not here.
+            raise ValueError("notice_ttl_s must be <= bid_ttl_s (raise both for late billing, e.g. CTV)")
         if self.store_backend == "redis":
             from gateway.stores.shards import parse_redis_url  # noqa: PLC0415 - redis only when it is used
 

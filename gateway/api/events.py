@@ -10,6 +10,7 @@ rate it priced the bid at, so a rate change between bid and notice cannot move t
   400 malformed_json / invalid_type / missing_field                 not the documented body
   404 unknown_bid                                                   never returned here, or expired
   422 invalid_value / price_above_bid / currency_mismatch           a value the notice cannot carry
+  403 signed_notice_required                                        a catalog bid: only its signed URLs bill
   501 win_notices_disabled                                          the embedded backend keeps no bids
   503 store_unavailable (Retry-After)                               Redis failed: the exchange retries
 """
@@ -31,6 +32,7 @@ from gateway.api.openapi import error, json_content
 from gateway.errors import InvalidRequest, MalformedRequest
 from gateway.observability.calibration import CalibrationMetrics
 from gateway.stores.campaigns import CampaignLedger, WinOutcome, WinResult
+from gateway.stores.keys import signed_notices_only
 
 __all__ = ["WIN_RESULT_SCHEMA", "WinNotice", "count_impression", "decode_win_notice", "router", "win_answer"]
 
@@ -81,6 +83,7 @@ def decode_win_notice(body: bytes) -> WinNotice:
     responses={
         200: json_content(WIN_RESULT_SCHEMA, "Recorded, or a duplicate of a notice already recorded"),
         400: error("Malformed JSON, a wrong type or a missing field"),
+        403: error("signed_notice_required: a catalog bid, billed only through its signed notice URLs"),
         404: error("unknown_bid: no such bid, or its record expired"),
         422: error("Clearing price above the bid price, another currency, a negative price"),
         501: error("The embedded store backend records no bids"),
@@ -95,6 +98,13 @@ async def win(request: Request) -> Response:
             501,
             "win_notices_disabled",
             "win notices need store_backend=redis (the embedded store keeps no bids)",
+        )
+    if signed_notices_only(notice.bid_id):
+        return error_response(
+            403,
+            "signed_notice_required",
+            f"bid {notice.bid_id!r} was made for an exchange: only its signed burl/nurl bills it",
+            "bid_id",
         )
     # Not on a bid's clock: billing had rather wait than fail, up to the ledger's own (configured) cap.
     deadline = time.monotonic() + ledger.timeout_s

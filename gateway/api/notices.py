@@ -102,7 +102,11 @@ async def _handle(kind: NoticeKind, request: Request) -> Response:
     except BadRequest as exc:
         notices.metrics.count(kind.value, _refusal_result(exc))
         return error_response(exc.status_code, exc.code, exc.message, exc.field)
-    if kind is NoticeKind.WIN and notices.bill_on == "burl":
+    # Only the configured kind bills; the other is acknowledged, so an exchange firing both (and a markup
+    # tracker) cannot bill through the kind nobody agreed to bill on.
+    if (kind is NoticeKind.WIN and notices.bill_on == "burl") or (
+        kind is NoticeKind.BILL and notices.bill_on == "nurl"
+    ):
         notices.metrics.count(kind.value, "acknowledged")
         return _json({"bid_id": checked.bid_id, "recorded": False})
     ledger = _ledger(request)
@@ -231,7 +235,7 @@ def _responses(kind: NoticeKind) -> dict[int | str, dict[str, Any]]:
 
 _SUMMARIES: Final = {
     NoticeKind.WIN: "Win notice (nurl): bills when bill_on=nurl, else acknowledged",
-    NoticeKind.BILL: "Billing notice (burl): bill the clearing price once per bid",
+    NoticeKind.BILL: "Billing notice (burl): bills once per bid when bill_on=burl (the default)",
     NoticeKind.LOSS: "Loss notice (lurl): record the loss reason once per bid and release its budget hold",
 }
 

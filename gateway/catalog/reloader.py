@@ -167,10 +167,15 @@ class CatalogReloader:
         return True
 
     async def run(self) -> None:
-        """Poll until cancelled."""
+        """Poll until cancelled. A bug in one poll is logged and counted as a failed reload, and the next
+        poll runs: this task ending would leave the catalog stale for good with nothing counting it."""
         while True:
             await asyncio.sleep(self.interval_s)
-            await self.reload_once()
+            try:
+                await self.reload_once()
+            except Exception as exc:  # the loop must outlive any one poll; logged with its traceback
+                self.holder.fail(f"{type(exc).__name__}: {exc}")
+                log.exception("catalog reload from %s failed unexpectedly", self.source.name)
 
     def start(self) -> None:
         if self._task is None:

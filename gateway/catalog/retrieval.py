@@ -106,7 +106,7 @@ class CatalogRetriever:
                 continue
             bidders = index.deals.union([deal.id])
             np.bitwise_and(bidders, fit, out=bidders)
-            if deal.wseat is not None:
+            if deal.wseat:  # absent or empty: any seat (OpenRTB: omission means no restriction)
                 seats = index.seats_index.union(deal.wseat)
                 if self._seat is not None and self._seat in deal.wseat:
                     np.bitwise_or(seats, index.gateway_seat, out=seats)

@@ -262,7 +262,10 @@ class BidPipeline:
         elif result.wins and self._campaigns is not None:
             # Ids from the campaign store: its win notice finds the bid record (and its shard) by the id.
             bid_ids = [
-                self._campaigns.new_bid_id(raw_candidates[w.candidate].campaign_id) for w in result.wins
+                self._campaigns.new_bid_id(
+                    raw_candidates[w.candidate].campaign_id, signed_notices_only=self._signed_only(request)
+                )
+                for w in result.wins
             ]
             result, bid_ids = await self._reserve(
                 request,
@@ -462,6 +465,10 @@ class BidPipeline:
             return
         rows = [win.candidate for win in wins]
         self._shadow.offer(ShadowJob(route.shadow_version, cat_ids[rows], dense[rows], list(bid_ids)))
+
+    def _signed_only(self, request: BidRequest) -> bool:
+        """A catalog bid (a plain request's): billed only through the signed notice URLs it carries."""
+        return self._renderer is not None and not (request.ext and request.ext.candidates)
 
     def _render(
         self, request: BidRequest, response: BidResponse, retrieved: Retrieved, wins: list[auction.Win]

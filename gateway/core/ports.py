@@ -122,8 +122,9 @@ class BidStateStore(Protocol):
 
     async def reserve(self, reservations: Sequence[Reservation], deadline: float) -> list[ReserveOutcome]: ...
 
-    def new_bid_id(self, campaign_id: str) -> str:
-        """A unique bid id for a winner of `campaign_id`: the store may route its win notice by it."""
+    def new_bid_id(self, campaign_id: str, *, signed_notices_only: bool = False) -> str:
+        """A unique bid id for a winner of `campaign_id`: the store may route its win notice by it.
+        `signed_notices_only`: a catalog bid, billed only through its signed notice URLs."""
         ...
 
 

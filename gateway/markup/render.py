@@ -3,9 +3,9 @@ size, attributes, markup type and the three signed notice URLs.
 
 Markup type (OpenRTB 2.6 3.2.4 `mtype`): 1 banner, 2 video, 3 audio, 4 native. `protocol` is set for video
 and audio: the VAST version the markup is written in. The adm's impression trackers (VAST <Impression>,
-a native impression event tracker) point at the bill URL: an exchange substitutes macros in the adm as it
-does in burl (OpenRTB 2.6 4.4), and billing is idempotent per bid id, so a tracker and the exchange's burl
-call charge once between them.
+a native impression event tracker) point at the win URL (nurl), not the bill URL: markup runs in browsers
+and players, and a client that fired a billing URL first, with a price of its choosing, would turn the
+exchange's own burl into a duplicate. With bill_on=burl the nurl only acknowledges.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def render_markup(imp: Imp, ref: CreativeRef, bid_id: str, urls: NoticeUrls) -> 
             width=video.w,
             height=video.h,
             click_url=creative.click_url,
-            impression_url=urls.burl,
+            impression_url=urls.nurl,
         )
         return Markup(vast_xml(ad, version, AD_SYSTEM), MTYPE_VIDEO, video.w, video.h, version.protocol)
     if creative.audio is not None:
@@ -82,11 +82,11 @@ def render_markup(imp: Imp, ref: CreativeRef, bid_id: str, urls: NoticeUrls) -> 
             width=0,
             height=0,
             click_url=None,
-            impression_url=urls.burl,
+            impression_url=urls.nurl,
         )
         return Markup(vast_xml(ad, version, AD_SYSTEM), MTYPE_AUDIO, protocol=version.protocol)
     assert creative.native is not None  # the loader guarantees exactly one format
-    return Markup(native_adm(imp, creative.native, creative.click_url, urls.burl), MTYPE_NATIVE)
+    return Markup(native_adm(imp, creative.native, creative.click_url, urls.nurl), MTYPE_NATIVE)
 
 
 class CatalogBidRenderer:

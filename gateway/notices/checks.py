@@ -100,7 +100,7 @@ def check_notice(kind: NoticeKind, query: bytes, keyring: NoticeKeyring, now: fl
         kind=kind,
         bid_id=params["bid"],
         campaign_id=params["c"],
-        bid_price=float(params["bp"]),  # signed: written by format_price
+        bid_price=_signed_number(params, "bp"),
         currency=params["bc"],
     )
     if kind is NoticeKind.LOSS:
@@ -137,8 +137,18 @@ def _verify(kind: NoticeKind, params: dict[str, str], keyring: NoticeKeyring, no
         raise ForgedNotice(
             "currency", f"${{AUCTION_CURRENCY}} is {params['cur']!r}, the bid was in {params['bc']!r}", "cur"
         )
-    if now > int(params["exp"]):
+    if now > _signed_number(params, "exp"):
         raise ForgedNotice("expired", f"the notice URL expired at {params['exp']} (epoch s)", "exp")
+
+
+def _signed_number(params: dict[str, str], name: str) -> float:
+    """A signed numeric field. This gateway writes only numbers there, but a signature made with a leaked or
+    the public dev key can carry anything: that is a forged notice, never a 500."""
+    value = params[name]
+    number = float(value) if _DECIMAL.fullmatch(value) else math.nan
+    if not math.isfinite(number):
+        raise ForgedNotice("malformed", f"{name} {value!r} is not a number this gateway writes", name)
+    return number
 
 
 def _price(value: str) -> float:

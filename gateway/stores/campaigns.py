@@ -340,9 +340,9 @@ class CampaignLedger:
             shards.register(script)
 
     @staticmethod
-    def new_bid_id(campaign_id: str) -> str:
+    def new_bid_id(campaign_id: str, *, signed_notices_only: bool = False) -> str:
         """A bid id that names its campaign's slot, so its win notice finds the record (keys.new_bid_id)."""
-        return keys.new_bid_id(campaign_id)
+        return keys.new_bid_id(campaign_id, signed_notices_only=signed_notices_only)
 
     # ------------------------------------------------------------------------------ the bid's read path
 

@@ -43,6 +43,7 @@ __all__ = [
     "impressions_key",
     "legacy_bid_tag_key",
     "new_bid_id",
+    "signed_notices_only",
     "spend_key",
 ]
 
@@ -55,6 +56,7 @@ LEGACY_BID_PREFIX: Final = "bidgw:bid"
 
 TAG_LENGTH: Final = 8
 _BID_ID_LENGTH: Final = TAG_LENGTH + 1 + 32
+SIGNED_ONLY_MARK: Final = "s"  # not a hex digit: marks a bid id billed only through signed notice URLs
 _HEX: Final = frozenset(string.hexdigits.lower())
 
 
@@ -85,9 +87,21 @@ def impressions_key(campaign_id: str, day: str, user_key: str) -> str:
     return f"{campaign_prefix(campaign_id)}imps:{day}:{user_key}"
 
 
-def new_bid_id(campaign_id: str) -> str:
-    """`<tag>-<128 random bits as hex>`: unique, and routable to its campaign's slot from the id alone."""
-    return f"{campaign_tag(campaign_id)}-{os.urandom(16).hex()}"
+def new_bid_id(campaign_id: str, *, signed_notices_only: bool = False) -> str:
+    """`<tag>-<128 random bits as hex>`: unique, and routable to its campaign's slot from the id alone.
+
+    `signed_notices_only` (a catalog bid: its billing travels in signed notice URLs) replaces the first hex
+    digit with `SIGNED_ONLY_MARK`, which no hex id has: the unsigned POST /v1/events/win refuses such an
+    id, so knowing a bid id (it is in the markup a browser sees) is not enough to bill it."""
+    random_hex = os.urandom(16).hex()
+    if signed_notices_only:
+        random_hex = SIGNED_ONLY_MARK + random_hex[1:]
+    return f"{campaign_tag(campaign_id)}-{random_hex}"
+
+
+def signed_notices_only(bid_id: str) -> bool:
+    """Whether the bid may be billed only through its signed notice URLs (see new_bid_id)."""
+    return len(bid_id) == _BID_ID_LENGTH and bid_id[TAG_LENGTH + 1] == SIGNED_ONLY_MARK
 
 
 def bid_tag(bid_id: str) -> str | None:

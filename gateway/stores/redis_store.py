@@ -252,8 +252,8 @@ class RedisFeatureStore:
     async def reserve(self, reservations: Sequence[Reservation], deadline: float) -> list[ReserveOutcome]:
         return await self.ledger.reserve(reservations, deadline)
 
-    def new_bid_id(self, campaign_id: str) -> str:
-        return self.ledger.new_bid_id(campaign_id)
+    def new_bid_id(self, campaign_id: str, *, signed_notices_only: bool = False) -> str:
+        return self.ledger.new_bid_id(campaign_id, signed_notices_only=signed_notices_only)
 
     # ------------------------------------------------------------------------------------- internals
 

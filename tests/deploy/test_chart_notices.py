@@ -33,7 +33,7 @@ def test_a_named_secret_active_key_and_billing_kind_are_passed_on(render: Render
             "keysSecret": {"name": "rtb-keys"},
             "activeKey": "k2",
             "billOn": "nurl",
-            "ttlSeconds": 600,
+            "ttlSeconds": 240,
         }
     }
     objects = render(values)

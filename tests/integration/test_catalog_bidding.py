@@ -214,6 +214,9 @@ def test_the_exchange_loop_bills_once_and_counts_the_loss(
     assert counted(redis_gateway, 'bidgw_notice_losses_total{reason="102"}') - losses_before == 1
     assert spend_micros(redis_server.url, won["cid"]) - before == charged  # a loss charges nothing
 
+    # Knowing a catalog bid's id (it is in the markup) is not enough: the unsigned win route refuses it.
+    unsigned = redis_gateway.post("/v1/events/win", json={"bid_id": lost["id"], "price": lost["price"]})
+    assert (unsigned.status_code, unsigned.json()["error"]["code"]) == (403, "signed_notice_required")
     # A billing URL replayed for the other auction's bid fails its signature, and charges nothing.
     forged = substituted(won["burl"], lost_response, won)
     assert redis_gateway.get(forged).status_code == 403

@@ -112,3 +112,30 @@ async def test_bids_keep_flowing_while_the_poller_swaps_catalogs(catalog_file: P
 def test_interval_must_be_positive(catalog_file: Path) -> None:
     with pytest.raises(ValueError, match="interval_s"):
         CatalogReloader(CatalogHolder(), FileCatalogSource(catalog_file), interval_s=0)
+
+
+class ExplodingSource:
+    """A source with a bug: every fetch raises something no one planned for."""
+
+    name = "exploding"
+
+    async def fetch(self) -> bytes | None:
+        raise RuntimeError("a bug in a source")
+
+
+async def test_the_poller_outlives_a_poll_that_raises_and_counts_it(catalog_file: Path) -> None:
+    holder, reloader, _ = reloader_on(catalog_file)
+    await reloader.load_initial()
+    broken = CatalogReloader(holder, ExplodingSource(), interval_s=0.01)
+    broken.start()
+    try:
+        for _ in range(200):
+            await asyncio.sleep(0.01)
+            if holder.stats().reloads_failed >= 2:
+                break
+    finally:
+        await broken.stop()
+    stats = holder.stats()
+    assert stats.reloads_failed >= 2  # the task survived the first failure and polled again
+    assert stats.last_error == "RuntimeError: a bug in a source"
+    assert stats.version == "v1"  # still serving the good catalog

@@ -242,7 +242,9 @@ def test_a_video_bid_gets_vast_in_the_imps_version() -> None:
     assert bid.adm is not None
     root = ET.fromstring(bid.adm)
     assert root.get("version") == "4.0"
-    assert root.findtext(f"{VAST_NS}Ad/{VAST_NS}InLine/{VAST_NS}Impression") == bid.burl
+    # The player's impression tracker is the nurl, which never bills with bill_on=burl: a client cannot
+    # pre-empt the exchange's billing notice with a price of its own.
+    assert root.findtext(f"{VAST_NS}Ad/{VAST_NS}InLine/{VAST_NS}Impression") == bid.nurl
 
 
 def test_an_audio_bid_gets_vast_and_mtype_3() -> None:

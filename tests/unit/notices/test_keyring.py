@@ -91,6 +91,8 @@ def test_settings_validate_env_keys_and_build_the_keyring() -> None:
     assert SECRET not in repr(settings), "secrets never appear in a settings dump"
 
 
-def test_notice_ttl_may_not_outlive_the_dedupe_window() -> None:
-    with pytest.raises(ValueError, match="notice_ttl_s"):
-        Settings(notice_ttl_s=10_000, win_dedupe_ttl_s=5_000)
+def test_notice_ttl_may_not_outlive_an_unwon_bids_record() -> None:
+    # A billing notice that verifies must find its bid record, which lives bid_ttl_s until won.
+    with pytest.raises(ValueError, match="notice_ttl_s must be <= bid_ttl_s"):
+        Settings(notice_ttl_s=600, bid_ttl_s=300)
+    assert Settings(notice_ttl_s=600, bid_ttl_s=600).notice_ttl_s == 600

@@ -246,3 +246,18 @@ def test_any_mutation_of_a_signed_field_is_forged(name: str, value: str, kind: N
 def test_junk_query_strings_are_refused_as_bad_requests(query: bytes, kind: NoticeKind) -> None:
     with pytest.raises(BadRequest):
         check_notice(kind, query, KEYRING, NOW)
+
+
+@pytest.mark.parametrize(("field", "value"), [("exp", "x"), ("exp", "nan"), ("bp", "1e999"), ("bp", "two")])
+def test_a_validly_signed_url_with_a_non_number_is_refused_as_forged_not_a_500(
+    field: str, value: str
+) -> None:
+    # Whoever holds a key (the public dev key, a leaked one) can sign anything: still a 403, never a crash.
+    from gateway.notices.signing import signature  # noqa: PLC0415 - the signer's own primitive, to forge with
+
+    query = with_field(filled(NoticeKind.BILL), field, value)
+    params = dict(parse_qsl(query.decode(), keep_blank_values=True))
+    resigned = signature(KEY_A, NoticeKind.BILL.value, [params[name] for name in SIGNED_FIELDS])
+    with pytest.raises(ForgedNotice) as caught:
+        check_notice(NoticeKind.BILL, with_field(query, "sig", resigned), KEYRING, NOW)
+    assert caught.value.field == field
