@@ -256,9 +256,11 @@ class BidPipeline:
         )
         result = auction.run(ecpm, allowed, candidates, imps, auction.AuctionType(request.at))
         bid_ids = [_new_id() for _ in result.wins]
+        unheld = False
         # No state read (the store failed): holds would fail too, so answer unheld at once (counted).
         if result.wins and self._campaigns is not None and campaign_states is None:
             self.counters.reservation_failures += 1
+            unheld = True
         elif result.wins and self._campaigns is not None:
             # Ids from the campaign store: its win notice finds the bid record (and its shard) by the id.
             bid_ids = [
@@ -267,7 +269,7 @@ class BidPipeline:
                 )
                 for w in result.wins
             ]
-            result, bid_ids = await self._reserve(
+            result, bid_ids, unheld = await self._reserve(
                 request,
                 raw_candidates=raw_candidates,
                 result=result,
@@ -277,6 +279,18 @@ class BidPipeline:
                 attribution=(scores, route.arm if route is not None else ""),
             )
         timings["auction"] = (self._clock() - auction_at) * 1000.0
+        if unheld and self._signed_only(request):
+            # A catalog bid without its record could never be billed (its notices would find no bid): the
+            # exchange would charge the advertiser and the gateway would record nothing. Bidder services'
+            # bids still go out unheld (fail open), as before.
+            return self._no_bid(
+                request,
+                NoBidReason.TECHNICAL_ERROR,
+                timings,
+                len(candidates),
+                degraded=degraded,
+                loss_codes=result.outcome_code,
+            )
 
         debug = _debug_info(raw_candidates, result, ecpm, timings) if _wants_debug(request) else None
         if not result.wins:
@@ -365,11 +379,11 @@ class BidPipeline:
         user_key: str | None,
         deadline: float,
         attribution: tuple[Scores, str] | None = None,
-    ) -> tuple[auction.AuctionResult, list[str]]:
+    ) -> tuple[auction.AuctionResult, list[str], bool]:
         """Hold each winner's price against its campaign's budget before answering. A refused hold (the
         budget or the user's cap ran out since the lookup: another replica won) drops that win; its imp
         goes unfilled rather than paying a second round trip for the runner-up. When holds cannot be made
-        at all (Redis failed), the bids go out unheld: bidding continues, counted."""
+        at all (Redis failed), the bids go out unheld: bidding continues, counted. The flag says so."""
         assert self._campaigns is not None
         currency = self._currencies.response_currency(request.cur)
         rate = self._currencies.rate(currency)
@@ -391,9 +405,9 @@ class BidPipeline:
         except StoreError as exc:
             log.debug("bid holds failed, answering unheld: %s", exc)  # counted; an outage would flood logs
             self.counters.reservation_failures += 1
-            return result, bid_ids
+            return result, bid_ids, True
         if all(outcome is ReserveOutcome.RESERVED for outcome in outcomes):
-            return result, bid_ids
+            return result, bid_ids, False
         codes = result.outcome_code.copy()
         kept_wins, kept_ids = [], []
         for win, bid_id, outcome in zip(result.wins, bid_ids, outcomes, strict=True):
@@ -402,7 +416,7 @@ class BidPipeline:
                 kept_ids.append(bid_id)
             else:
                 codes[win.candidate] = _REFUSED_HOLD_CODES[outcome]
-        return auction.AuctionResult(wins=kept_wins, outcome_code=codes), kept_ids
+        return auction.AuctionResult(wins=kept_wins, outcome_code=codes), kept_ids, False
 
     def _bid_response(
         self,

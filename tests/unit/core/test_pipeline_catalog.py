@@ -5,13 +5,25 @@ candidates never reach the catalog."""
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 
 import msgspec
+import numpy as np
 import pytest
 
 from gateway.core.currency import CurrencyTable
 from gateway.core.pipeline import BidPipeline, GatewayNoBidReason, PipelineConfig
-from gateway.core.ports import Retrieved
+from gateway.core.ports import (
+    AdKeys,
+    BidLookup,
+    CampaignStates,
+    Reservation,
+    ReserveOutcome,
+    Retrieved,
+    ad_defaults,
+    user_defaults,
+)
+from gateway.errors import StoreError
 from gateway.openrtb import Bid, BidRequest, Candidate
 from tests.unit.core.test_pipeline import FixedScorer, UnknownEverything, candidate
 
@@ -115,3 +127,56 @@ def test_a_catalog_without_a_renderer_is_refused() -> None:
             config,
             catalog=ListedCatalog([], []),
         )
+
+
+class HoldsFail:
+    """A campaign store that reads state but cannot make holds (Redis failed between the two calls)."""
+
+    async def lookup(self, user_key: str | None, ads: AdKeys, deadline: float) -> BidLookup:
+        n = len(ads.ad_ids)
+        states = CampaignStates(
+            managed=np.zeros(n, np.bool_),
+            budget_micros=np.full(n, -1, np.int64),
+            committed_micros=np.zeros(n, np.int64),
+            freq_cap=np.zeros(n, np.int64),
+            impressions=np.zeros(n, np.int64),
+            now=1_700_000_000.0,
+        )
+        return BidLookup(user=user_defaults(), ads=ad_defaults(ads), campaigns=states)
+
+    async def reserve(self, reservations: Sequence[Reservation], deadline: float) -> list[ReserveOutcome]:
+        raise StoreError("redis: connection refused")
+
+    def new_bid_id(self, campaign_id: str, *, signed_notices_only: bool = False) -> str:
+        return f"{campaign_id}-{'s' if signed_notices_only else '0'}"
+
+
+def pipeline_with_failing_holds(catalog: ListedCatalog) -> BidPipeline:
+    config = PipelineConfig(seat="gw", default_tmax_s=0.1, network_margin_s=0.01, server_cap_s=0.2)
+    return BidPipeline(
+        UnknownEverything(),
+        FixedScorer([0.02]),
+        CurrencyTable.default(),
+        config,
+        hour=lambda: 12,
+        campaigns=HoldsFail(),
+        catalog=catalog,
+        renderer=MarkingRenderer(),
+    )
+
+
+async def test_a_catalog_bid_that_could_not_be_held_is_not_sent() -> None:
+    # Unheld, its notices would find no bid record: the exchange would charge, the gateway record nothing.
+    catalog = ListedCatalog([listed("a", "0", 1.0)], seats=[None])
+    pipeline = pipeline_with_failing_holds(catalog)
+    decision = await pipeline.decide(plain_request(imps=1), time.monotonic())
+    assert (decision.outcome, decision.response.nbr) == ("nobid_1", 1)
+    assert pipeline.counters.reservation_failures == 1
+
+
+async def test_a_bidder_services_bid_still_goes_out_unheld_when_holds_fail() -> None:
+    pipeline = pipeline_with_failing_holds(ListedCatalog([], []))
+    body = {"id": "r", "imp": [{"id": "0"}], "ext": {"candidates": [candidate("a", "a.com", 1.0)]}}
+    decision = await pipeline.decide(msgspec.convert(body, BidRequest), time.monotonic())
+    assert decision.outcome == "bid"  # fail open, counted, as before catalogs
+    assert pipeline.counters.reservation_failures == 1
