@@ -38,6 +38,7 @@ __all__ = [
     "add_arguments",
     "command",
     "read_catalog",
+    "write_campaign_configs",
     "write_catalog",
 ]
 
@@ -59,23 +60,31 @@ class SeedCatalogReport:
 
 
 async def write_catalog(shards: RedisShards, catalog: Catalog, data: bytes) -> SeedCatalogReport:
-    """Store a validated catalog (its bytes) and its campaigns' configs; raises StoreError."""
+    """Store a validated catalog (its bytes) and its campaigns' configs; raises StoreError.
+
+    Configs first: a gateway that picks the new catalog up must find its campaigns' budgets and caps
+    already there (a campaign without a config bids unlimited)."""
+    campaigns = await write_campaign_configs(shards, catalog)
     deadline = time.monotonic() + TIMEOUT_S
     await shards.discover(deadline)
     command = ("MSET", DATA_KEY, data, DIGEST_KEY, catalog.digest, VERSION_KEY, catalog.version)
     [reply] = await shards.execute(shards.shard_for_key(DATA_KEY), [command], deadline, "seed catalog")
     if isinstance(reply, Exception):
         raise StoreError(f"writing the catalog failed: {reply}")
+    return SeedCatalogReport(
+        version=catalog.version, campaigns=campaigns, creatives=catalog.creative_count(), bytes=len(data)
+    )
+
+
+async def write_campaign_configs(shards: RedisShards, catalog: Catalog) -> int:
+    """Each campaign's daily budget and frequency cap as the campaign state Redis enforces (CampaignConfig);
+    returns how many were written; raises StoreError."""
+    await shards.discover(time.monotonic() + TIMEOUT_S)
     specs = (
         CampaignSpec(campaign_id=c.id, daily_budget_usd=c.daily_budget_usd, freq_cap=c.freq_cap)
         for c in catalog.campaigns
     )
-    campaigns = await write_chunks(
-        shards, ((config_key(s.campaign_id), encode_config(s.config())) for s in specs)
-    )
-    return SeedCatalogReport(
-        version=catalog.version, campaigns=campaigns, creatives=catalog.creative_count(), bytes=len(data)
-    )
+    return await write_chunks(shards, ((config_key(s.campaign_id), encode_config(s.config())) for s in specs))
 
 
 async def read_catalog(shards: RedisShards, deadline: float) -> tuple[str, bytes] | None:
