@@ -45,7 +45,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     BIDGW_PORT=8000 \
     BIDGW_WORKERS=1 \
     BIDGW_SNAPSHOT_DIR=/app/data/snapshots \
-    BIDGW_CATALOG_PATH=/app/data/catalog/catalog.jsonl
+    BIDGW_CATALOG_PATH=/app/data/catalog/catalog.jsonl \
+    BIDGW_NOTICE_ALLOW_DEV_KEY=false
 USER 10001:10001
 EXPOSE 8000
 # Liveness only (the process serves HTTP); readiness (/readyz: can this replica bid) belongs to the orchestrator.

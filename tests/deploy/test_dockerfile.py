@@ -124,6 +124,7 @@ def test_healthcheck_entrypoint_and_settings(stages: list[Stage]) -> None:
     assert "BIDGW_HOST=0.0.0.0" in env
     assert "BIDGW_SNAPSHOT_DIR=/app/data/snapshots" in env
     assert "BIDGW_CATALOG_PATH=/app/data/catalog/catalog.jsonl" in env  # the image's default catalog
+    assert "BIDGW_NOTICE_ALLOW_DEV_KEY=false" in env  # an image never signs with the public dev key
     assert "BIDGW_WORKERS=" in env
     (cmd,) = final.args("CMD")
     assert cmd.startswith("["), "exec form: the server is PID 1 and gets SIGTERM"
