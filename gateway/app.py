@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -20,7 +19,7 @@ from gateway.api.admission import LoopLagAdmission
 from gateway.api.bid_endpoint import BID_PATH, BidEndpoint
 from gateway.api.decode import RequestLimits
 from gateway.api.notices import NoticeService
-from gateway.catalog.redis_catalog import RedisCatalogSource, write_campaign_configs
+from gateway.catalog.redis_catalog import RedisCatalogSource
 from gateway.catalog.reloader import CatalogHolder, CatalogReloader, CatalogSource, FileCatalogSource
 from gateway.catalog.retrieval import CatalogRetriever
 from gateway.config import Settings
@@ -140,16 +139,8 @@ async def _open_catalog(
         source = RedisCatalogSource(campaign_store.shards)
     else:
         source = FileCatalogSource(settings.catalog_path)
-    before_swap = None
-    if campaign_store is not None and settings.catalog_source == "file":
-        # The file's budgets and caps become the campaign state Redis enforces before its campaigns bid
-        # (seed-catalog does it for the Redis source). Every replica writes the same values: idempotent.
-        shards = campaign_store.shards
-        before_swap = functools.partial(write_campaign_configs, shards)
     holder = CatalogHolder()
-    reloader = CatalogReloader(
-        holder, source, interval_s=settings.catalog_reload_interval_s, before_swap=before_swap
-    )
+    reloader = CatalogReloader(holder, source, interval_s=settings.catalog_reload_interval_s)
     await reloader.load_initial()  # the index is built in a thread: health probes still answer
     reloader.start()
     retriever = CatalogRetriever(

@@ -16,7 +16,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -124,26 +124,12 @@ def index_catalog(data: bytes) -> tuple[Catalog, CatalogIndex]:
 class CatalogReloader:
     """Polls `source` every `interval_s` and swaps new indexes into `holder`."""
 
-    def __init__(
-        self,
-        holder: CatalogHolder,
-        source: CatalogSource,
-        *,
-        interval_s: float,
-        before_swap: Callable[[Catalog], Awaitable[object]] | None = None,
-    ) -> None:
-        """`before_swap(catalog)` runs before a new catalog serves (e.g. writing its campaigns' budgets to
-        Redis, so none bids unlimited). On a reload, StoreError from it keeps the old catalog and the next
-        poll retries; at start, the catalog serves anyway (Redis may be down while the gateway starts: bids
-        then get no budget hold, and catalog bids without one are not sent) and every poll retries."""
+    def __init__(self, holder: CatalogHolder, source: CatalogSource, *, interval_s: float) -> None:
         if interval_s <= 0:
             raise ValueError(f"interval_s must be positive, got {interval_s}")
         self.holder = holder
         self.source = source
         self.interval_s = interval_s
-        self._before_swap = before_swap
-        self._retry: bytes | None = None  # a new catalog before_swap could not prepare yet
-        self._unprepared: Catalog | None = None  # the serving catalog, started before before_swap succeeded
         self._task: asyncio.Task[None] | None = None
 
     async def load_initial(self) -> CatalogStats:
@@ -153,36 +139,17 @@ class CatalogReloader:
         if data is None:
             raise CatalogError(f"{self.source.name}: no catalog to load")
         catalog, index = await asyncio.to_thread(index_catalog, data)
-        if self._before_swap is not None:
-            try:
-                await self._before_swap(catalog)
-            except StoreError as exc:
-                log.warning(
-                    "catalog %s serves before its campaign state is written (retried): %s", index.version, exc
-                )
-                self._unprepared = catalog
         self.holder.swap(index, catalog.digest)
         log.info("catalog %s loaded from %s: %d creatives", index.version, self.source.name, index.size)
         return self.holder.stats()
 
     async def reload_once(self) -> bool:
         """One poll: True when a new catalog was swapped in. A bad one is counted, logged and dropped."""
-        await self._prepare_served()
-        data: bytes | None = None
         try:
-            # A catalog whose before_swap failed (Redis down) is retried from memory: the source reports
-            # only changes, and this one has not changed since.
-            data = await self.source.fetch() or self._retry
-            self._retry = None
+            data = await self.source.fetch()
             if data is None:
                 return False
             catalog, index = await asyncio.to_thread(index_catalog, data)
-            if catalog.digest != self.holder.digest and self._before_swap is not None:
-                try:
-                    await self._before_swap(catalog)
-                except StoreError:
-                    self._retry = data
-                    raise
         except (CatalogError, StoreError) as exc:
             self.holder.fail(str(exc))
             # One line with the file's line number is what the operator needs, not a traceback.
@@ -198,16 +165,6 @@ class CatalogReloader:
         self.holder.swap(index, catalog.digest)
         log.info("catalog %s loaded from %s: %d creatives", index.version, self.source.name, index.size)
         return True
-
-    async def _prepare_served(self) -> None:
-        if self._unprepared is None or self._before_swap is None:
-            return
-        try:
-            await self._before_swap(self._unprepared)
-        except StoreError as exc:
-            log.debug("campaign state of the serving catalog still not written: %s", exc)
-            return
-        self._unprepared = None
 
     async def run(self) -> None:
         """Poll until cancelled. A bug in one poll is logged and counted as a failed reload, and the next

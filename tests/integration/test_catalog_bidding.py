@@ -22,9 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gateway.config import REPO_ROOT, Settings
 from gateway.core.currency import DEFAULT_RATES_PER_USD
 from gateway.local_triton import LocalTriton, free_port
-from gateway.stores.campaigns import CampaignLedger, decode_config
-from gateway.stores.keys import config_key
-from gateway.stores.shards import RedisShards
+from gateway.stores.campaigns import CampaignLedger
 from tests.integration.exchange import bids_of, plain_banner_request, substituted
 from tests.integration.gateway_server import serve_in_thread
 from tests.integration.redis_server import RedisServer
@@ -310,24 +308,3 @@ def test_catalog_reloads_under_load_and_a_broken_one_never_replaces_it(
     assert "line 2" in rejected[0]
     assert re.search(r'bidgw_catalog_reloads_total\{result="failed"\} [1-9]', stats), stats
     assert re.search(r'bidgw_catalog_version_info\{version="v2"\} 1\.0', stats), stats
-
-
-def test_the_catalog_files_budgets_and_caps_are_the_campaign_state_redis_enforces(
-    redis_gateway: httpx.Client, redis_server: RedisServer
-) -> None:
-    # Written before the catalog serves (BIDGW_CATALOG_SOURCE=file on the Redis backend): a campaign
-    # without its config would bid unlimited.
-    lines = [json.loads(line) for line in (REPO_ROOT / "data/catalog/catalog.jsonl").read_text().splitlines()]
-    budgeted = [c for c in lines[1:] if c.get("daily_budget_usd") is not None]
-    assert budgeted
-    campaign = budgeted[0]
-
-    async def stored(shards: RedisShards) -> bytes | str | None:
-        key = config_key(campaign["id"])
-        return await shards.shard_for_key(key).client.get(key)
-
-    raw = on_redis(stored, redis_server.url)
-    assert isinstance(raw, bytes)
-    config = decode_config(raw)
-    assert config.daily_budget_micros == round(campaign["daily_budget_usd"] * 1_000_000)
-    assert config.freq_cap == campaign.get("freq_cap", 0)
