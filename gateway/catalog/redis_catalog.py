@@ -14,7 +14,6 @@ bid path enforces), for every campaign, so a budget removed from the catalog is 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import sys
 import time
@@ -27,7 +26,7 @@ from gateway.errors import CatalogError, StoreError
 from gateway.stores.campaigns import CampaignSpec, encode_config
 from gateway.stores.keys import config_key
 from gateway.stores.seed import write_chunks
-from gateway.stores.shards import RedisShards
+from gateway.stores.shards import RedisShards, run_on_shards
 
 __all__ = [
     "DATA_KEY",
@@ -148,17 +147,12 @@ def command(args: argparse.Namespace) -> int:
     url = args.redis_url or settings.redis_url
     path = args.file or settings.catalog_path
 
-    async def run(catalog: Catalog, data: bytes) -> SeedCatalogReport:
-        shards = RedisShards.from_url(url, socket_timeout_s=TIMEOUT_S, connect_timeout_s=5.0)
-        try:
-            return await write_catalog(shards, catalog, data)
-        finally:
-            await shards.aclose()
-
     try:
         data = Path(path).read_bytes()
         catalog = parse_catalog(data)
-        report = asyncio.run(run(catalog, data))
+        report = run_on_shards(
+            url, lambda shards: write_catalog(shards, catalog, data), socket_timeout_s=TIMEOUT_S
+        )
     except OSError as exc:
         print(f"error: catalog file {path} is not readable: {exc.strerror or exc}", file=sys.stderr)
         return 2

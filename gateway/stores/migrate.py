@@ -21,7 +21,6 @@ the server in place, then import its keys (`redis-cli --cluster import`): the ha
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import re
 import sys
@@ -31,7 +30,7 @@ from typing import Any, Final
 
 from gateway.errors import StoreError
 from gateway.stores import keys
-from gateway.stores.shards import Command, RedisShards, Script
+from gateway.stores.shards import Command, RedisShards, Script, run_on_shards
 
 __all__ = ["MigrationReport", "add_arguments", "command", "migrate_redis"]
 
@@ -225,15 +224,8 @@ def command(args: argparse.Namespace) -> int:
 
     url = args.redis_url or Settings().redis_url
 
-    async def run() -> MigrationReport:
-        shards = RedisShards.from_url(url, socket_timeout_s=CALL_TIMEOUT_S, connect_timeout_s=5.0)
-        try:
-            return await migrate_redis(shards)
-        finally:
-            await shards.aclose()
-
     try:
-        report = asyncio.run(run())
+        report = run_on_shards(url, migrate_redis, socket_timeout_s=CALL_TIMEOUT_S)
     except (StoreError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

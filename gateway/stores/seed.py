@@ -10,7 +10,6 @@ transaction: a re-run simply overwrites).
 from __future__ import annotations
 
 import argparse
-import asyncio
 import gzip
 import logging
 import sys
@@ -27,7 +26,7 @@ from gateway.stores.campaigns import CampaignSpec, encode_config
 from gateway.stores.embedded import EmbeddedFeatureStore
 from gateway.stores.keys import config_key
 from gateway.stores.redis_store import AD_ROW, USER_ROW, encode_rows, feature_namespace
-from gateway.stores.shards import Command, RedisShards, Shard
+from gateway.stores.shards import Command, RedisShards, Shard, run_on_shards
 
 __all__ = ["SeedReport", "add_arguments", "command", "read_campaigns", "seed_redis"]
 
@@ -129,16 +128,11 @@ def command(args: argparse.Namespace) -> int:
     url = args.redis_url or settings.redis_url
     snapshots = args.snapshots or settings.snapshot_dir
 
-    async def run() -> SeedReport:
-        shards = RedisShards.from_url(url, socket_timeout_s=CHUNK_TIMEOUT_S, connect_timeout_s=5.0)
-        try:
-            specs = read_campaigns(args.campaigns) if args.campaigns else None
-            return await seed_redis(shards, snapshots, specs)
-        finally:
-            await shards.aclose()
-
     try:
-        report = asyncio.run(run())
+        specs = read_campaigns(args.campaigns) if args.campaigns else None
+        report = run_on_shards(
+            url, lambda shards: seed_redis(shards, snapshots, specs), socket_timeout_s=CHUNK_TIMEOUT_S
+        )
     except (StoreError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -31,7 +31,7 @@ import contextlib
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
 from urllib.parse import unquote, urlsplit
@@ -65,6 +65,7 @@ __all__ = [
     "ShardStats",
     "parse_redis_url",
     "redis_call",
+    "run_on_shards",
 ]
 
 log = logging.getLogger(__name__)
@@ -523,3 +524,18 @@ def _standalone_name(url: str) -> str:
     if parts.scheme == "unix":
         return parts.path
     return f"{parts.hostname or '127.0.0.1'}:{parts.port or 6379}"
+
+
+def run_on_shards(url: str, job: Callable[[RedisShards], Awaitable[_T]], *, socket_timeout_s: float) -> _T:
+    """A one-shot command's Redis session (seed-redis, migrate-redis, seed-catalog): the shards of `url`
+    opened, `job` run on them, and closed whatever happened. Raises what the URL (ValueError) or the job
+    (StoreError, ...) raises."""
+
+    async def run() -> _T:
+        shards = RedisShards.from_url(url, socket_timeout_s=socket_timeout_s, connect_timeout_s=5.0)
+        try:
+            return await job(shards)
+        finally:
+            await shards.aclose()
+
+    return asyncio.run(run())
