@@ -234,13 +234,13 @@ def test_replay_split_calibration_and_alert_condition_against_the_worlds_truth(
         print("\n".join(report))
 
 
-ROUND_BIDS = 120
+ROUND_BIDS = 200
 RATE_PER_S = 60.0
-PAIRS = 3
+PAIRS = 5
 
 
-async def _round_p99(url: str, opps: Opportunities, first: int) -> float:
-    """p99 latency (ms) of ROUND_BIDS bids sent open-loop at RATE_PER_S (a fixed rate, as the bench)."""
+async def _round_latencies(url: str, opps: Opportunities, first: int) -> tuple[float, float]:
+    """(p50, p99) latency (ms) of ROUND_BIDS bids sent open-loop at RATE_PER_S (a fixed rate)."""
     loop = asyncio.get_running_loop()
     latencies: list[float] = []
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
@@ -253,7 +253,8 @@ async def _round_p99(url: str, opps: Opportunities, first: int) -> float:
             latencies.append((loop.time() - started) * 1000)
 
         await asyncio.gather(*(one(k) for k in range(ROUND_BIDS)))
-    return float(np.percentile(latencies, 99))
+    p50, p99 = np.percentile(latencies, [50, 99])
+    return float(p50), float(p99)
 
 
 def test_shadow_scoring_adds_nothing_to_the_bid_p99_at_a_fixed_rate(
@@ -277,22 +278,36 @@ def test_shadow_scoring_adds_nothing_to_the_bid_p99_at_a_fixed_rate(
         redis_timeout_ms=200.0,
     )
     opps = draw(w.make_world(), ROUND_BIDS * 2 * PAIRS, CANDIDATES, seed=16, hour=datetime.now(UTC).hour)
-    pairs = []
+    rounds: list[dict[float, tuple[float, float]]] = []
     with serve_in_thread(settings) as url:
-        asyncio.run(_round_p99(url, opps, 0))  # warm-up: connections, both versions' first calls
+        asyncio.run(_round_latencies(url, opps, 0))  # warm-up: connections, both versions' first calls
         for pair in range(PAIRS):
-            p99 = {}
+            latencies = {}
             for sample in (0.0, 1.0):
                 write(sample)
                 time_to_reload = 0.5  # several reload intervals, and a new mtime/size either way
                 asyncio.run(asyncio.sleep(time_to_reload))
-                p99[sample] = asyncio.run(_round_p99(url, opps, (2 * pair + int(sample)) * ROUND_BIDS))
-            pairs.append((p99[0.0], p99[1.0]))
+                first = (2 * pair + int(sample)) * ROUND_BIDS
+                latencies[sample] = asyncio.run(_round_latencies(url, opps, first))
+            rounds.append(latencies)
         shadow_jobs = _samples(httpx.get(f"{url}/metrics").text)
     queued = sum(v for (name, labels), v in shadow_jobs.items() if name == "bidgw_shadow_jobs_total")
     assert queued > 0.5 * ROUND_BIDS * PAIRS  # shadow really ran in the "on" rounds
-    differences = sorted(on - off for off, on in pairs)
-    median = differences[len(differences) // 2]
-    print(f"shadow overhead, p99 ms (off, on) per pair: {pairs}; median difference {median:+.2f} ms")
-    # Nothing on the bid path: the median paired difference stays within this shared machine's noise.
-    assert median < max(2.0, 0.25 * min(off for off, _ in pairs)), pairs
+
+    def median_paired_difference(quantile: int) -> tuple[float, float]:
+        """(median of on-minus-off over the pairs, median of the off rounds) for p50 (0) or p99 (1)."""
+        differences = sorted(r[1.0][quantile] - r[0.0][quantile] for r in rounds)
+        offs = sorted(r[0.0][quantile] for r in rounds)
+        return differences[PAIRS // 2], offs[PAIRS // 2]
+
+    p50_difference, p50_off = median_paired_difference(0)
+    p99_difference, p99_off = median_paired_difference(1)
+    print(
+        f"shadow overhead, (p50, p99) ms off -> on per pair: {[(r[0.0], r[1.0]) for r in rounds]}; "
+        f"median difference p50 {p50_difference:+.2f} ms, p99 {p99_difference:+.2f} ms"
+    )
+    # Shadow work awaited on the bid path would add its Triton call and Redis write to every bid, which the
+    # median (a stable statistic) shows; the tail is what the issue asks about, and on this shared 2-core
+    # machine a p99 of 200 bids moves by a quarter between identical rounds, so its bound is that noise.
+    assert p50_difference < max(0.5, 0.15 * p50_off), rounds
+    assert p99_difference < max(2.0, 0.3 * p99_off), rounds
