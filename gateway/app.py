@@ -28,6 +28,7 @@ from gateway.core.pacing import PacingParams
 from gateway.core.pipeline import BidPipeline, PipelineConfig
 from gateway.experiments.pool import VersionChain
 from gateway.experiments.wiring import start_experiments, version_chain_factory
+from gateway.heap import settle_startup_heap
 from gateway.lifecycle import drain_on_sigterm
 from gateway.markup.native import native_fits
 from gateway.markup.render import CatalogBidRenderer
@@ -254,6 +255,14 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
             scorer=batcher,
             pipeline=pipeline,
             max_inflight_bids=settings.max_inflight_bids,
+            bid_limit=AdaptiveConcurrencyLimit(
+                min_limit=settings.bid_concurrency_min,
+                max_limit=settings.max_inflight_bids,
+                tolerance=settings.bid_concurrency_tolerance,
+                usage_headroom=settings.bid_concurrency_headroom,
+            )
+            if settings.bid_concurrency_mode == "adaptive"
+            else None,
             bids_without_model=fallback is not None,
             admission=admission,
             trust_request_start=settings.trust_request_start,
@@ -277,6 +286,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
             ),
             inflight=lambda: services.inflight_bids,
             shed=lambda: services.shed_bids,
+            bid_concurrency_limit=lambda: services.bid_concurrency_limit,
             breaker_state=lambda: breaker.state,
             breaker_opens=lambda: breaker.opened_count,
             also=[
@@ -295,6 +305,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
         )
         app.state.services = services
         app.state.metrics_exporter = exporter
+        settle_startup_heap()
         export_task = asyncio.create_task(exporter.run(settings.metrics_sync_interval_s))
         drain_on_sigterm(services.mark_draining, settings.drain_delay_s)
         try:

@@ -111,7 +111,31 @@ class Settings(BaseSettings):
     )
     breaker_failure_threshold: int = Field(5, ge=1, description="consecutive failed Triton calls to open")
     breaker_reset_s: float = Field(1.0, gt=0, description="open circuit: seconds before a probe call")
-    max_inflight_bids: int = Field(64, ge=1, description="per worker; beyond it a bid is shed (503)")
+    max_inflight_bids: int = Field(
+        64,
+        ge=1,
+        description="per worker: bids worked on at once, the ceiling (adaptive) or the limit (fixed); "
+        "beyond it a bid is shed (503)",
+    )
+    bid_concurrency_mode: Literal["adaptive", "fixed"] = Field(
+        "adaptive",
+        description="adaptive: lower the bids-in-flight limit while their latency (from arrival, the loop's "
+        "queue included) shows a queue, so excess bids get a cheap 503 instead of making every bid late "
+        "(gateway/api/bid_endpoint.py); fixed: always max_inflight_bids",
+    )
+    bid_concurrency_min: int = Field(4, ge=1, description="adaptive: the floor of the bids-in-flight limit")
+    bid_concurrency_tolerance: float = Field(
+        2.5,
+        ge=1.0,
+        description="adaptive: a bid slower than this many times the fastest unqueued bid of its size "
+        "lowers the limit (gateway/scoring/limiter.py)",
+    )
+    bid_concurrency_headroom: float = Field(
+        4.0,
+        ge=2.0,
+        description="adaptive: the limit comes down to this many times the most bids in flight over the "
+        "last 10-20 s, so the first burst of an overload admits a few times the recent use, not the ceiling",
+    )
     overload_lag_target_ms: float = Field(
         25.0,
         ge=0,
@@ -270,6 +294,10 @@ class Settings(BaseSettings):
         if self.batch_concurrency_min > self.batch_concurrency:
             raise ValueError(
                 "batch_concurrency_min must be <= batch_concurrency (the adaptive limit's ceiling)"
+            )
+        if self.bid_concurrency_min > self.max_inflight_bids:
+            raise ValueError(
+                "bid_concurrency_min must be <= max_inflight_bids (the adaptive limit's ceiling)"
             )
         if self.catalog_source == "redis" and self.store_backend != "redis":
             raise ValueError("catalog_source=redis needs store_backend=redis (the catalog lives beside it)")

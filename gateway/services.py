@@ -11,6 +11,7 @@ from gateway.core.ports import FeatureStore, Scorer
 from gateway.observability.calibration import CalibrationMetrics
 from gateway.observability.logging import BidLog
 from gateway.observability.metrics import BidTally
+from gateway.scoring.limiter import AdaptiveConcurrencyLimit
 from gateway.stores.campaigns import CampaignLedger
 from gateway.stores.feedback import FeedbackLedger
 
@@ -22,6 +23,8 @@ class Services:
     scorer: Scorer  # what the pipeline calls: the micro-batcher over the breaker over Triton
     pipeline: BidPipeline
     max_inflight_bids: int
+    # Learns how many bids this worker can work on at once from their latency; None: max_inflight_bids.
+    bid_limit: AdaptiveConcurrencyLimit | None = None
     # Fallback scoring is on: with Triton down this worker still bids (on priors), so it stays ready.
     bids_without_model: bool = False
     tally: BidTally = field(default_factory=BidTally)  # per-bid metrics, exported by the MetricsExporter
@@ -36,6 +39,12 @@ class Services:
     inflight_bids: int = 0  # one event loop per worker: a plain int is race-free
     shed_bids: int = 0
     draining: bool = False
+
+    @property
+    def bid_concurrency_limit(self) -> int:
+        if self.bid_limit is None:
+            return self.max_inflight_bids
+        return min(self.max_inflight_bids, self.bid_limit.limit)
 
     def mark_draining(self) -> None:
         self.draining = True

@@ -2,7 +2,8 @@
 own CPU (shared with Triton and this generator) is what saturates. Prints and writes what issue 14 asks of
 the answer, as measurements (not pass/fail: on a 2-core box the generator competes for the same cores):
 
-  capacity      the highest achieved rate of a x1.3 ladder whose p99 stays within --p99-bound-ms, no error
+  capacity      the most bids/s served (200) by a step of a x1.3 ladder whose p99 stays within
+                --p99-bound-ms; the ladder stops at the first step that sheds over a tenth of its offer
   unloaded      p50/p99 at a quarter of capacity
   at 3x         admitted (200) p50/p99, shed (503) count and p99, the worst answer against tmax, other
                 errors, RSS before/after, and goodput: bids served per second / capacity
@@ -59,14 +60,26 @@ def _step(server: Server, payloads: list[bytes], rate: float, seconds: float, se
         )
 
 
+def overload_payloads(candidates: int, tmax_ms: int) -> list[bytes]:
+    """256 distinct bid requests of the bench's workload, each `candidates` candidates and one tmax."""
+    workload = Workload.load(WorkloadConfig.fixed(candidates, tmax_mix_ms=((tmax_ms, 1.0),)))
+    return [http_request_bytes("/v1/bid", orjson.dumps(r)) for r in workload.requests(256, seed=7)]
+
+
 def measure(server: Server, payloads: list[bytes], p99_bound_ms: float, tmax_ms: int) -> dict[str, Any]:
     _step(server, payloads, 100.0, 1.0, seed=99)  # warm caches and connections
     rate, capacity = 150.0, 0.0
     for seed in range(12):
         samples = _step(server, payloads, rate, 2.0, seed)
-        if samples.errors or samples.unfinished or _p(samples.latencies_s, 99) > p99_bound_ms:
+        if samples.unfinished or _p(samples.latencies_s, 99) > p99_bound_ms:
             break
-        capacity = len(samples.latencies_s) / samples.duration_s
+        # Capacity is what it serves within the bound: the learnt bids-in-flight limit sheds part of a
+        # step near saturation (those 503s are its answer, not a failure), and once it sheds more than a
+        # tenth of what is offered the served rate has stopped growing.
+        served = len(samples.latencies_s) / samples.duration_s
+        capacity = max(capacity, served)
+        if served < 0.9 * rate:
+            break
         rate *= 1.3
     if capacity == 0:
         raise SystemExit("not even the first step (150 bids/s) stayed within the p99 bound")
@@ -106,8 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, default=REPO_ROOT / "loadtests" / "results" / "overload.json")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    workload = Workload.load(WorkloadConfig.fixed(args.candidates, tmax_mix_ms=((args.tmax_ms, 1.0),)))
-    payloads = [http_request_bytes("/v1/bid", orjson.dumps(r)) for r in workload.requests(256, seed=7)]
+    payloads = overload_payloads(args.candidates, args.tmax_ms)
     log_dir = Path(tempfile.mkdtemp(prefix="bidgw-overload-"))
     env = dict(item.split("=", 1) for item in args.env)
     with (

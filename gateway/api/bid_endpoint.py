@@ -10,8 +10,13 @@ those layers did for it and nothing else:
     are unchanged;
   * the body limit: a declared Content-Length over it is refused before reading, a chunked body as soon
     as it passes it;
-  * admission control: 503 overloaded (Retry-After) before the body is read, on the in-flight cap or on
-    a standing queue in the event loop (`gateway.api.admission`, whose lag also shortens the budget);
+  * admission control: 503 overloaded (Retry-After) before the body is read, on the bids-in-flight
+    limit or on a standing queue in the event loop (`gateway.api.admission`, whose lag also shortens the
+    budget). The limit is learnt (`bid_concurrency_mode=adaptive`): the limiter the micro-batcher uses
+    for Triton calls (`gateway.scoring.limiter`), fed each bid's latency from its estimated arrival. When
+    this worker's CPU saturates, every bid in flight shares the one event loop, so latency grows with
+    the bids admitted: the limit falls until it does not, and the excess gets a 503 costing a fraction
+    of a bid, instead of a queue that makes every admitted bid late;
   * every failure as the one JSON error shape (`gateway.api.errors`); an unexpected exception is logged
     with its traceback and answered 500 internal_error, never a bare text 500.
 Every other route (and any other method on this path: 405) still goes through FastAPI.
@@ -106,12 +111,13 @@ class BidEndpoint:
         if declared is not None and declared > limit:
             # Refuse before reading a body we will not accept.
             raise RequestTooLarge("body_too_large", f"body is {declared} bytes; the limit is {limit}")
-        if services.inflight_bids >= services.max_inflight_bids:
+        concurrency_limit = services.bid_concurrency_limit
+        if services.inflight_bids >= concurrency_limit:
             # Shed before reading the body: a fast 503 lets the caller try another replica within its tmax,
             # while queueing here would make every admitted bid late too.
             services.shed_bids += 1
             raise Overloaded(
-                f"{services.inflight_bids} bids in flight in this worker (limit {services.max_inflight_bids})"
+                f"{services.inflight_bids} bids in flight in this worker (limit {concurrency_limit})"
             )
         admission = services.admission
         if not admission.admit():
@@ -126,6 +132,7 @@ class BidEndpoint:
             received_at, scope["headers"] if services.trust_request_start else None
         )
         services.inflight_bids += 1
+        inflight = services.inflight_bids
         try:
             body = await _read_body(receive, limit)
             bid_request = decode_bid_request(body, services.limits)
@@ -134,6 +141,10 @@ class BidEndpoint:
         finally:
             services.inflight_bids -= 1
         encode_at = time.monotonic()
+        if services.bid_limit is not None:
+            # Latency from the estimated arrival: the wait in the loop is the queue this limit must see.
+            # Its rows are the candidates ranked, so a bigger bid is not read as congestion.
+            services.bid_limit.on_success(encode_at - arrived_at, max(decision.candidates, 1), inflight)
         encoded = encode_response(decision.response)
         done_at = time.monotonic()
         services.tally.record(decision, done_at - encode_at)

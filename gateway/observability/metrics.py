@@ -313,6 +313,13 @@ class GatewayMetrics:
             registry=registry,
             multiprocess_mode="livemin",
         )
+        self.bid_concurrency_limit = Gauge(
+            "bidgw_bid_concurrency_limit",
+            "Bids the workers admit at once now, summed over live workers: the learnt limit (lowered while "
+            "bids queue, in the event loop or behind Triton) or max_inflight_bids; beyond it a bid is shed",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
         # The Triton fleet as this worker sees it (gateway.scoring.fleet).
         self.triton_healthy = Gauge(
             "bidgw_triton_servers_healthy",
@@ -390,6 +397,7 @@ class MetricsExporter:
         *,
         inflight: Callable[[], int],
         shed: Callable[[], int],
+        bid_concurrency_limit: Callable[[], int],
         breaker_state: Callable[[], BreakerState],
         breaker_opens: Callable[[], int],
         also: Sequence[Callable[[], None]] = (),
@@ -400,6 +408,7 @@ class MetricsExporter:
         self._sources = sources
         self._inflight = inflight
         self._shed = shed
+        self._bid_concurrency_limit = bid_concurrency_limit
         self._breaker_state = breaker_state
         self._breaker_opens = breaker_opens
         self._last: dict[str, int] = {}
@@ -411,6 +420,7 @@ class MetricsExporter:
         self._export_counters()
         m = self._metrics
         m.inflight.set(self._inflight())
+        m.bid_concurrency_limit.set(self._bid_concurrency_limit())
         m.breaker_state.set(BREAKER_STATE_CODES.get(self._breaker_state(), 2))
         fleet = self._sources.fleet
         m.triton_healthy.set(fleet.healthy)

@@ -45,6 +45,14 @@ next call ready while the gateway turns the last one around, and anything more w
 (Against the local Triton under overload, 2.0 often sat at one call in flight and served fewer bids
 than the fixed limit did; noisy runs on a shared box, but the direction held.)
 
+With `usage_headroom` (the bid admission's limiter sets it; the micro-batcher's four calls do not need
+it), an app-limited sample also brings the estimate down to that many times the most in flight over the
+same one to two windows (never under `min_limit`). Why: the limit only falls on latency samples, which
+arrive only as admitted work completes; a limit left at a ceiling nobody used lets the first burst of an
+overload admit the whole ceiling at once, and on a CPU-bound worker those bids then share the CPU and
+are all late (measured at 3x capacity with a ceiling of 64: the first ~100 bids answered after 20-107
+ms, the rest within 12 ms). Kept at a few times demonstrated use, the onset admits only that.
+
 Pure: no asyncio, no I/O, the clock is injected; not thread-safe (one event loop owns it).
 """
 
@@ -82,6 +90,7 @@ class AdaptiveConcurrencyLimit:
         backoff: float = 0.75,
         window_s: float = 10.0,
         probe_gap: int = 32,
+        usage_headroom: float | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 1 <= min_limit <= max_limit:
@@ -96,6 +105,9 @@ class AdaptiveConcurrencyLimit:
             raise ValueError(f"window_s must be > 0, got {window_s}")
         if probe_gap < 0:
             raise ValueError(f"probe_gap must be >= 0, got {probe_gap}")
+        if usage_headroom is not None and usage_headroom < 2.0:
+            # Below 2 the app-limited rule (fewer than half the limit in use) could never hold.
+            raise ValueError(f"usage_headroom must be >= 2, got {usage_headroom}")
         self.min_limit = min_limit
         self.max_limit = max_limit
         self.tolerance = tolerance
@@ -103,6 +115,7 @@ class AdaptiveConcurrencyLimit:
         self.backoff = backoff
         self.window_s = window_s
         self.probe_gap = probe_gap
+        self.usage_headroom = usage_headroom
         self._clock = clock
         # Starts at the ceiling: until latency says otherwise, the batcher behaves as with a fixed limit.
         start = max_limit if initial_limit is None else initial_limit
@@ -110,6 +123,9 @@ class AdaptiveConcurrencyLimit:
         # Two windows of minima per bucket: the baseline always covers between one and two windows.
         self._current: dict[int, _Floor] = {}
         self._previous: dict[int, _Floor] = {}
+        # The most calls in flight seen at a call's start, in the current and the previous window.
+        self._peak_inflight = 0
+        self._previous_peak_inflight = 0
         self._window_started = clock()
         self._probing = False
         self._since_probe = probe_gap  # the first unknown batch size may be probed at once
@@ -139,6 +155,7 @@ class AdaptiveConcurrencyLimit:
         """A call of `rows` rows returned after `latency_s`; `inflight` calls (itself included) were out
         when it started. Returns the new limit."""
         self._rotate()
+        self._peak_inflight = max(self._peak_inflight, inflight)
         latency_s = max(latency_s, _MIN_LATENCY_S)
         rows = max(rows, 1)
         unqueued = inflight <= self.min_limit
@@ -155,6 +172,9 @@ class AdaptiveConcurrencyLimit:
             # App limited: the limit is not what holds the calls back, so their latency says nothing
             # about it (a slow call here is noise, or another worker's load); and growing a limit nobody
             # reaches would only let the next burst overshoot.
+            if self.usage_headroom is not None:
+                peak = max(self._peak_inflight, self._previous_peak_inflight)
+                self._estimate = max(self.min_limit, min(estimate, self.usage_headroom * peak))
             return self.limit
         if not unqueued and not self._known(rows) and self._since_probe >= self.probe_gap:
             self._probing = True
@@ -208,5 +228,7 @@ class AdaptiveConcurrencyLimit:
             return
         # After two idle windows nothing of the old minima is left; after one, the current becomes old.
         self._previous = self._current if elapsed < 2 * self.window_s else {}
+        self._previous_peak_inflight = self._peak_inflight if elapsed < 2 * self.window_s else 0
         self._current = {}
+        self._peak_inflight = 0
         self._window_started = now

@@ -18,6 +18,7 @@ from gateway.core.pipeline import BidPipeline, Decision
 from gateway.core.ports import FeatureStore, Scorer
 from gateway.observability.metrics import HttpMetrics
 from gateway.openrtb import BidRequest, BidResponse
+from gateway.scoring.limiter import AdaptiveConcurrencyLimit
 from gateway.services import Services
 
 Message = dict[str, Any]
@@ -164,6 +165,65 @@ def test_over_the_inflight_limit_it_sheds_before_reading(registry: CollectorRegi
     )
     assert (status, body["error"]["code"], headers[b"retry-after"]) == (503, "overloaded", b"1")
     assert (services.shed_bids, len(messages)) == (1, 1)
+
+
+class _SharedCpuPipeline(_Pipeline):
+    """A worker whose bids share one CPU: a bid takes `per_bid_s` for each bid in flight when it began."""
+
+    def __init__(self, per_bid_s: float) -> None:
+        super().__init__()
+        self.per_bid_s = per_bid_s
+        self.inflight = 0
+
+    async def decide(self, request: BidRequest, received_at: float, timings: dict[str, float]) -> Decision:
+        self.inflight += 1
+        try:
+            await asyncio.sleep(self.per_bid_s * self.inflight)
+            return await super().decide(request, received_at, timings)
+        finally:
+            self.inflight -= 1
+
+
+def _waves(services: Services, registry: CollectorRegistry, count: int, size: int = 48) -> list[list[int]]:
+    """Statuses of `count` waves of `size` simultaneous bids, one wave after the other."""
+    endpoint = BidEndpoint(lambda: services, HttpMetrics(registry))
+
+    async def one() -> int:
+        sent: list[Message] = []
+        messages = [_body()]
+
+        async def receive() -> Message:
+            return messages.pop(0)
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            sent.append(dict(message))
+
+        await endpoint(_scope(), receive, send)
+        return int(sent[0]["status"])
+
+    async def waves() -> list[list[int]]:
+        return [list(await asyncio.gather(*(one() for _ in range(size)))) for _ in range(count)]
+
+    return asyncio.run(waves())
+
+
+def test_a_learnt_limit_sheds_the_bids_that_would_only_queue(registry: CollectorRegistry) -> None:
+    """Waves of 48 simultaneous bids under a ceiling of 64: the first wave is all admitted; their latency
+    grows with the bids in flight, so the limit falls, and later waves get 503s beyond it."""
+    services = _services(_SharedCpuPipeline(per_bid_s=0.0005), max_inflight=64)
+    services.bid_limit = AdaptiveConcurrencyLimit(min_limit=2, max_limit=64)
+    statuses = _waves(services, registry, 6)
+    assert statuses[0] == [200] * 48
+    assert services.bid_concurrency_limit < 16
+    assert set(statuses[-1]) == {200, 503}
+    assert statuses[-1].count(200) < 16  # the limit when the wave arrived (all arrive before one is done)
+    assert services.inflight_bids == 0
+
+
+def test_a_fixed_limit_admits_everything_under_its_ceiling(registry: CollectorRegistry) -> None:
+    """The same waves without a learnt limit: all admitted, however late (what `fixed` means)."""
+    services = _services(_SharedCpuPipeline(per_bid_s=0.0005), max_inflight=64)
+    assert _waves(services, registry, 6) == [[200] * 48] * 6
 
 
 PLAIN_BODY = orjson.dumps({"id": "r2", "imp": [{"id": "1", "banner": {"w": 300, "h": 250}}]})
