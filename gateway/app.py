@@ -260,6 +260,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
                 max_limit=settings.max_inflight_bids,
                 tolerance=settings.bid_concurrency_tolerance,
                 usage_headroom=settings.bid_concurrency_headroom,
+                usage_floor=settings.bid_concurrency_burst,
             )
             if settings.bid_concurrency_mode == "adaptive"
             else None,

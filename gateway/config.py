@@ -136,6 +136,12 @@ class Settings(BaseSettings):
         description="adaptive: the limit comes down to this many times the most bids in flight over the "
         "last 10-20 s, so the first burst of an overload admits a few times the recent use, not the ceiling",
     )
+    bid_concurrency_burst: int = Field(
+        16,
+        ge=1,
+        description="adaptive: low use never brings the limit under this many bids (or max_inflight_bids), "
+        "so a burst after a quiet spell is admitted (latency still can lower it)",
+    )
     overload_lag_target_ms: float = Field(
         25.0,
         ge=0,

@@ -47,11 +47,12 @@ than the fixed limit did; noisy runs on a shared box, but the direction held.)
 
 With `usage_headroom` (the bid admission's limiter sets it; the micro-batcher's four calls do not need
 it), an app-limited sample also brings the estimate down to that many times the most in flight over the
-same one to two windows (never under `min_limit`). Why: the limit only falls on latency samples, which
-arrive only as admitted work completes; a limit left at a ceiling nobody used lets the first burst of an
-overload admit the whole ceiling at once, and on a CPU-bound worker those bids then share the CPU and
-are all late (measured at 3x capacity with a ceiling of 64: the first ~100 bids answered after 20-107
-ms, the rest within 12 ms). Kept at a few times demonstrated use, the onset admits only that.
+same one to two windows, never under `usage_floor` (so a burst after a quiet spell is still admitted).
+Why: the limit only falls on latency samples, which arrive only as admitted work completes; a limit left
+at a ceiling nobody used lets the first burst of an overload admit the whole ceiling at once, and on a
+CPU-bound worker those bids then share the CPU and are all late (measured at 3x capacity with a ceiling
+of 64: the first ~100 bids answered after 20-107 ms, the rest within 12 ms). Kept at a few times the
+demonstrated use, the onset admits only that.
 
 Pure: no asyncio, no I/O, the clock is injected; not thread-safe (one event loop owns it).
 """
@@ -91,6 +92,7 @@ class AdaptiveConcurrencyLimit:
         window_s: float = 10.0,
         probe_gap: int = 32,
         usage_headroom: float | None = None,
+        usage_floor: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 1 <= min_limit <= max_limit:
@@ -116,6 +118,7 @@ class AdaptiveConcurrencyLimit:
         self.window_s = window_s
         self.probe_gap = probe_gap
         self.usage_headroom = usage_headroom
+        self.usage_floor = max(min_limit, usage_floor)
         self._clock = clock
         # Starts at the ceiling: until latency says otherwise, the batcher behaves as with a fixed limit.
         start = max_limit if initial_limit is None else initial_limit
@@ -174,7 +177,8 @@ class AdaptiveConcurrencyLimit:
             # reaches would only let the next burst overshoot.
             if self.usage_headroom is not None:
                 peak = max(self._peak_inflight, self._previous_peak_inflight)
-                self._estimate = max(self.min_limit, min(estimate, self.usage_headroom * peak))
+                used = max(self.usage_floor, self.usage_headroom * peak)
+                self._estimate = max(self.min_limit, min(estimate, used))
             return self.limit
         if not unqueued and not self._known(rows) and self._since_probe >= self.probe_gap:
             self._probing = True

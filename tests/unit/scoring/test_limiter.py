@@ -73,6 +73,9 @@ def test_usage_headroom_never_goes_under_the_floor_and_forgets_old_peaks() -> No
     lim = limiter(max_limit=64, min_limit=6, usage_headroom=2.0, clock=clock)
     lim.on_success(unqueued(50), 50, inflight=1)
     assert lim.limit == 6  # 2 x 1 is under the floor
+    lim = limiter(max_limit=64, min_limit=2, usage_headroom=2.0, usage_floor=16, clock=clock)
+    lim.on_success(unqueued(50), 50, inflight=1)
+    assert lim.limit == 16  # ... and under the usage floor
     clock.now = 1.0
     lim = limiter(max_limit=64, min_limit=2, usage_headroom=2.0, clock=clock)
     lim.on_success(unqueued(50), 50, inflight=20)  # not app limited at 64: leaves it
