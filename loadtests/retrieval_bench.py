@@ -48,12 +48,11 @@ from gateway.catalog.reloader import CatalogHolder
 from gateway.catalog.retrieval import CatalogRetriever
 from gateway.config import REPO_ROOT
 from gateway.openrtb import BidRequest
+from loadtests.bench.report import RETRIEVAL_SECTION, write_kept_section
 
 RESULTS: Final = REPO_ROOT / "loadtests" / "results" / "retrieval.json"
 TABLE: Final = REPO_ROOT / "loadtests" / "results" / "retrieval.md"
 REPORT: Final = REPO_ROOT / "docs" / "benchmarks.md"
-SECTION_START: Final = "<!-- retrieval:start -->"
-SECTION_END: Final = "<!-- retrieval:end -->"
 NOW: Final = 1_718_712_000.0  # 2024-06-18T12:00:00Z
 
 CREATIVES_PER_CAMPAIGN: Final = 10
@@ -275,18 +274,6 @@ def markdown(results: dict[str, Any]) -> str:
     )
 
 
-def write_section(report: Path, section: str) -> None:
-    """Replace the marked Retrieval section of docs/benchmarks.md, or append it."""
-    block = f"{SECTION_START}\n{section}{SECTION_END}\n"
-    text = report.read_text() if report.exists() else ""
-    if SECTION_START in text and SECTION_END in text:
-        head, rest = text.split(SECTION_START, 1)
-        text = head + block + rest.split(SECTION_END, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    report.write_text(text)
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m loadtests.retrieval_bench", description=__doc__)
     parser.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
@@ -309,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
     args.out.write_text(json.dumps(results, indent=2) + "\n")
     section = markdown(results)
     TABLE.write_text(section)
-    write_section(args.report, section)
+    write_kept_section(args.report, RETRIEVAL_SECTION, section)
     print(section)
 
 

@@ -387,8 +387,24 @@ def write_markdown(  # noqa: PLR0917 - one caller, every input named
     path.write_text("\n".join(lines) + _kept_sections(path))
 
 
-# Sections other benchmarks own in the same document (`make bench-retrieval`): carried over, not dropped.
-_KEPT_SECTIONS: Final = (("<!-- retrieval:start -->", "<!-- retrieval:end -->"),)
+# Sections other benchmarks own in the same document (`make bench-retrieval`, `python -m
+# loadtests.overload`): each writes its own with `write_kept_section`; a bench run carries them over.
+RETRIEVAL_SECTION: Final = ("<!-- retrieval:start -->", "<!-- retrieval:end -->")
+OVERLOAD_SECTION: Final = ("<!-- overload:start -->", "<!-- overload:end -->")
+_KEPT_SECTIONS: Final = (RETRIEVAL_SECTION, OVERLOAD_SECTION)
+
+
+def write_kept_section(report: Path, markers: tuple[str, str], section: str) -> None:
+    """Replace the section between `markers` in `report` (docs/benchmarks.md), or append it."""
+    start, end = markers
+    block = f"{start}\n{section}{end}\n"
+    text = report.read_text() if report.exists() else ""
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        text = head + block + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    report.write_text(text)
 
 
 def _kept_sections(path: Path) -> str:

@@ -94,3 +94,27 @@ def test_rewriting_the_report_keeps_the_retrieval_benchmarks_section(tmp_path: P
     assert section in kept
     assert "old bench" not in kept
     assert "trailing" not in kept
+
+
+def test_each_benchmark_rewrites_only_its_own_section_and_a_bench_run_keeps_both(tmp_path: Path) -> None:
+    from loadtests.bench.report import (  # noqa: PLC0415 - the one private helper under test
+        OVERLOAD_SECTION,
+        RETRIEVAL_SECTION,
+        _kept_sections,
+        write_kept_section,
+    )
+
+    report = tmp_path / "benchmarks.md"
+    report.write_text("# bench\n\nnumbers\n")
+    write_kept_section(report, RETRIEVAL_SECTION, "## Retrieval\nv1\n")
+    write_kept_section(report, OVERLOAD_SECTION, "## Overload\nv1\n")
+    write_kept_section(report, RETRIEVAL_SECTION, "## Retrieval\nv2\n")  # replaced in place
+    text = report.read_text()
+    assert text.startswith("# bench\n\nnumbers\n")
+    assert text.count("## Retrieval") == 1
+    assert "v2" in text.split(OVERLOAD_SECTION[0])[0]
+    assert "## Overload\nv1" in text
+    kept = _kept_sections(report)
+    assert "## Retrieval\nv2" in kept
+    assert "## Overload\nv1" in kept
+    assert "numbers" not in kept
