@@ -17,6 +17,7 @@ from starlette.types import Receive, Scope, Send
 from gateway.api import errors, events, feedback, notices, routes
 from gateway.api.admission import LoopLagAdmission
 from gateway.api.bid_endpoint import BID_PATH, BidEndpoint
+from gateway.api.bid_limit import BidConcurrencyLimit
 from gateway.api.decode import RequestLimits
 from gateway.api.notices import NoticeService
 from gateway.catalog.redis_catalog import RedisCatalogSource
@@ -255,12 +256,12 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
             scorer=batcher,
             pipeline=pipeline,
             max_inflight_bids=settings.max_inflight_bids,
-            bid_limit=AdaptiveConcurrencyLimit(
+            bid_limit=BidConcurrencyLimit(
                 min_limit=settings.bid_concurrency_min,
                 max_limit=settings.max_inflight_bids,
                 tolerance=settings.bid_concurrency_tolerance,
-                usage_headroom=settings.bid_concurrency_headroom,
-                usage_floor=settings.bid_concurrency_burst,
+                headroom=settings.bid_concurrency_headroom,
+                burst=settings.bid_concurrency_burst,
             )
             if settings.bid_concurrency_mode == "adaptive"
             else None,

@@ -119,16 +119,16 @@ class Settings(BaseSettings):
     )
     bid_concurrency_mode: Literal["adaptive", "fixed"] = Field(
         "adaptive",
-        description="adaptive: lower the bids-in-flight limit while their latency (from arrival, the loop's "
-        "queue included) shows a queue, so excess bids get a cheap 503 instead of making every bid late "
-        "(gateway/api/bid_endpoint.py); fixed: always max_inflight_bids",
+        description="adaptive: lower the bids-in-flight limit while even the fastest bids (latency from "
+        "arrival, the event loop's queue included) show a standing queue, so excess bids get a cheap 503 "
+        "instead of making every bid late (gateway/api/bid_limit.py); fixed: always max_inflight_bids",
     )
     bid_concurrency_min: int = Field(4, ge=1, description="adaptive: the floor of the bids-in-flight limit")
     bid_concurrency_tolerance: float = Field(
-        2.5,
+        2.0,
         ge=1.0,
-        description="adaptive: a bid slower than this many times the fastest unqueued bid of its size "
-        "lowers the limit (gateway/scoring/limiter.py)",
+        description="adaptive: a standing queue is 25 ms whose fastest bid took over this many times the "
+        "no-load latency of a bid its size",
     )
     bid_concurrency_headroom: float = Field(
         4.0,

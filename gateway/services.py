@@ -5,13 +5,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from gateway.api.admission import LoopLagAdmission
+from gateway.api.bid_limit import BidConcurrencyLimit
 from gateway.api.decode import RequestLimits
 from gateway.core.pipeline import BidPipeline
 from gateway.core.ports import FeatureStore, Scorer
 from gateway.observability.calibration import CalibrationMetrics
 from gateway.observability.logging import BidLog
 from gateway.observability.metrics import BidTally
-from gateway.scoring.limiter import AdaptiveConcurrencyLimit
 from gateway.stores.campaigns import CampaignLedger
 from gateway.stores.feedback import FeedbackLedger
 
@@ -24,7 +24,7 @@ class Services:
     pipeline: BidPipeline
     max_inflight_bids: int
     # Learns how many bids this worker can work on at once from their latency; None: max_inflight_bids.
-    bid_limit: AdaptiveConcurrencyLimit | None = None
+    bid_limit: BidConcurrencyLimit | None = None
     # Fallback scoring is on: with Triton down this worker still bids (on priors), so it stays ready.
     bids_without_model: bool = False
     tally: BidTally = field(default_factory=BidTally)  # per-bid metrics, exported by the MetricsExporter

@@ -12,11 +12,11 @@ those layers did for it and nothing else:
     as it passes it;
   * admission control: 503 overloaded (Retry-After) before the body is read, on the bids-in-flight
     limit or on a standing queue in the event loop (`gateway.api.admission`, whose lag also shortens the
-    budget). The limit is learnt (`bid_concurrency_mode=adaptive`): the limiter the micro-batcher uses
-    for Triton calls (`gateway.scoring.limiter`), fed each bid's latency from its estimated arrival. When
-    this worker's CPU saturates, every bid in flight shares the one event loop, so latency grows with
-    the bids admitted: the limit falls until it does not, and the excess gets a 503 costing a fraction
-    of a bid, instead of a queue that makes every admitted bid late;
+    budget). The limit is learnt (`bid_concurrency_mode=adaptive`, `gateway.api.bid_limit`) from each
+    bid's latency from its estimated arrival: when this worker's CPU saturates, every bid in flight
+    shares the one event loop, so latency grows with the bids admitted; the limit falls until it does
+    not, and the excess gets a 503 costing a fraction of a bid, instead of a queue that makes every
+    admitted bid late;
   * every failure as the one JSON error shape (`gateway.api.errors`); an unexpected exception is logged
     with its traceback and answered 500 internal_error, never a bare text 500.
 Every other route (and any other method on this path: 405) still goes through FastAPI.
@@ -144,7 +144,7 @@ class BidEndpoint:
         if services.bid_limit is not None:
             # Latency from the estimated arrival: the wait in the loop is the queue this limit must see.
             # Its rows are the candidates ranked, so a bigger bid is not read as congestion.
-            services.bid_limit.on_success(encode_at - arrived_at, max(decision.candidates, 1), inflight)
+            services.bid_limit.on_done(encode_at - arrived_at, decision.candidates, inflight)
         encoded = encode_response(decision.response)
         done_at = time.monotonic()
         services.tally.record(decision, done_at - encode_at)

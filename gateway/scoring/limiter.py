@@ -45,36 +45,19 @@ next call ready while the gateway turns the last one around, and anything more w
 (Against the local Triton under overload, 2.0 often sat at one call in flight and served fewer bids
 than the fixed limit did; noisy runs on a shared box, but the direction held.)
 
-With `usage_headroom` (the bid admission's limiter sets it; the micro-batcher's four calls do not need
-it), an app-limited sample also brings the estimate down to that many times the most in flight over the
-same one to two windows, never under `usage_floor` (so a burst after a quiet spell is still admitted).
-Why: the limit only falls on latency samples, which arrive only as admitted work completes; a limit left
-at a ceiling nobody used lets the first burst of an overload admit the whole ceiling at once, and on a
-CPU-bound worker those bids then share the CPU and are all late (measured at 3x capacity with a ceiling
-of 64: the first ~100 bids answered after 20-107 ms, the rest within 12 ms). Kept at a few times the
-demonstrated use, the onset admits only that.
-
 Pure: no asyncio, no I/O, the clock is injected; not thread-safe (one event loop owns it).
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
+
+from gateway.scoring.latency_floors import LatencyFloors
 
 # A latency below this is clock noise, not a measurement (monotonic clocks tick in tens of nanoseconds).
 _MIN_LATENCY_S: Final = 1e-6
-
-
-@dataclass(slots=True)
-class _Floor:
-    """The fastest unqueued call seen in one row-count bucket during one window: its latency and rows."""
-
-    latency_s: float
-    rows: int
 
 
 class AdaptiveConcurrencyLimit:
@@ -91,8 +74,6 @@ class AdaptiveConcurrencyLimit:
         backoff: float = 0.75,
         window_s: float = 10.0,
         probe_gap: int = 32,
-        usage_headroom: float | None = None,
-        usage_floor: int = 1,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not 1 <= min_limit <= max_limit:
@@ -103,13 +84,8 @@ class AdaptiveConcurrencyLimit:
             raise ValueError(f"smoothing must be in (0, 1], got {smoothing}")
         if not 0.5 <= backoff < 1.0:
             raise ValueError(f"backoff must be in [0.5, 1), got {backoff}")
-        if window_s <= 0:
-            raise ValueError(f"window_s must be > 0, got {window_s}")
         if probe_gap < 0:
             raise ValueError(f"probe_gap must be >= 0, got {probe_gap}")
-        if usage_headroom is not None and usage_headroom < 2.0:
-            # Below 2 the app-limited rule (fewer than half the limit in use) could never hold.
-            raise ValueError(f"usage_headroom must be >= 2, got {usage_headroom}")
         self.min_limit = min_limit
         self.max_limit = max_limit
         self.tolerance = tolerance
@@ -117,19 +93,11 @@ class AdaptiveConcurrencyLimit:
         self.backoff = backoff
         self.window_s = window_s
         self.probe_gap = probe_gap
-        self.usage_headroom = usage_headroom
-        self.usage_floor = max(min_limit, usage_floor)
         self._clock = clock
         # Starts at the ceiling: until latency says otherwise, the batcher behaves as with a fixed limit.
         start = max_limit if initial_limit is None else initial_limit
         self._estimate = float(min(max_limit, max(min_limit, start)))
-        # Two windows of minima per bucket: the baseline always covers between one and two windows.
-        self._current: dict[int, _Floor] = {}
-        self._previous: dict[int, _Floor] = {}
-        # The most calls in flight seen at a call's start, in the current and the previous window.
-        self._peak_inflight = 0
-        self._previous_peak_inflight = 0
-        self._window_started = clock()
+        self._floors = LatencyFloors(window_s, clock())
         self._probing = False
         self._since_probe = probe_gap  # the first unknown batch size may be probed at once
 
@@ -148,22 +116,17 @@ class AdaptiveConcurrencyLimit:
 
     def no_load_latency(self, rows: int) -> float | None:
         """Upper bound of an unqueued call's latency for `rows` rows, or None before any unqueued call."""
-        best = math.inf
-        for floors in (self._current, self._previous):
-            for floor in floors.values():
-                best = min(best, floor.latency_s * max(1.0, rows / floor.rows))
-        return None if best == math.inf else best
+        return self._floors.no_load_latency(rows)
 
     def on_success(self, latency_s: float, rows: int, inflight: int) -> int:
         """A call of `rows` rows returned after `latency_s`; `inflight` calls (itself included) were out
         when it started. Returns the new limit."""
         self._rotate()
-        self._peak_inflight = max(self._peak_inflight, inflight)
         latency_s = max(latency_s, _MIN_LATENCY_S)
         rows = max(rows, 1)
         unqueued = inflight <= self.min_limit
         if unqueued:
-            self._record(latency_s, rows)
+            self._floors.record(latency_s, rows)
         if self._probing:
             if unqueued:
                 self._probing = False
@@ -175,12 +138,8 @@ class AdaptiveConcurrencyLimit:
             # App limited: the limit is not what holds the calls back, so their latency says nothing
             # about it (a slow call here is noise, or another worker's load); and growing a limit nobody
             # reaches would only let the next burst overshoot.
-            if self.usage_headroom is not None:
-                peak = max(self._peak_inflight, self._previous_peak_inflight)
-                used = max(self.usage_floor, self.usage_headroom * peak)
-                self._estimate = max(self.min_limit, min(estimate, used))
             return self.limit
-        if not unqueued and not self._known(rows) and self._since_probe >= self.probe_gap:
+        if not unqueued and not self._floors.known(rows) and self._since_probe >= self.probe_gap:
             self._probing = True
             return self.limit
         no_load = self.no_load_latency(rows)
@@ -212,27 +171,5 @@ class AdaptiveConcurrencyLimit:
         self._estimate = max(self.min_limit, self._estimate * self.backoff)
         return self.limit
 
-    def _known(self, rows: int) -> bool:
-        bucket = rows.bit_length()
-        return bucket in self._current or bucket in self._previous
-
-    def _record(self, latency_s: float, rows: int) -> None:
-        bucket = rows.bit_length()
-        floor = self._current.get(bucket)
-        if floor is None:
-            self._current[bucket] = _Floor(latency_s, rows)
-        elif latency_s < floor.latency_s:
-            floor.latency_s = latency_s
-            floor.rows = rows
-
     def _rotate(self) -> None:
-        now = self._clock()
-        elapsed = now - self._window_started
-        if elapsed < self.window_s:
-            return
-        # After two idle windows nothing of the old minima is left; after one, the current becomes old.
-        self._previous = self._current if elapsed < 2 * self.window_s else {}
-        self._previous_peak_inflight = self._peak_inflight if elapsed < 2 * self.window_s else 0
-        self._current = {}
-        self._peak_inflight = 0
-        self._window_started = now
+        self._floors.rotate(self._clock())

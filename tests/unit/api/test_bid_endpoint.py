@@ -13,12 +13,12 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from gateway.api.bid_endpoint import BID_PATH, BidEndpoint
+from gateway.api.bid_limit import BidConcurrencyLimit
 from gateway.api.decode import RequestLimits
 from gateway.core.pipeline import BidPipeline, Decision
 from gateway.core.ports import FeatureStore, Scorer
 from gateway.observability.metrics import HttpMetrics
 from gateway.openrtb import BidRequest, BidResponse
-from gateway.scoring.limiter import AdaptiveConcurrencyLimit
 from gateway.services import Services
 
 Message = dict[str, Any]
@@ -168,7 +168,7 @@ def test_over_the_inflight_limit_it_sheds_before_reading(registry: CollectorRegi
 
 
 class _SharedCpuPipeline(_Pipeline):
-    """A worker whose bids share one CPU: a bid takes `per_bid_s` for each bid in flight when it began."""
+    """A worker whose bids share one CPU: every bid takes `per_bid_s` for each bid in flight beside it."""
 
     def __init__(self, per_bid_s: float) -> None:
         super().__init__()
@@ -178,15 +178,15 @@ class _SharedCpuPipeline(_Pipeline):
     async def decide(self, request: BidRequest, received_at: float, timings: dict[str, float]) -> Decision:
         self.inflight += 1
         try:
+            await asyncio.sleep(0)  # the rest of a simultaneous wave comes in
             await asyncio.sleep(self.per_bid_s * self.inflight)
             return await super().decide(request, received_at, timings)
         finally:
             self.inflight -= 1
 
 
-def _waves(services: Services, registry: CollectorRegistry, count: int, size: int = 48) -> list[list[int]]:
+def _waves(endpoint: BidEndpoint, count: int, size: int = 48) -> list[list[int]]:
     """Statuses of `count` waves of `size` simultaneous bids, one wave after the other."""
-    endpoint = BidEndpoint(lambda: services, HttpMetrics(registry))
 
     async def one() -> int:
         sent: list[Message] = []
@@ -208,22 +208,25 @@ def _waves(services: Services, registry: CollectorRegistry, count: int, size: in
 
 
 def test_a_learnt_limit_sheds_the_bids_that_would_only_queue(registry: CollectorRegistry) -> None:
-    """Waves of 48 simultaneous bids under a ceiling of 64: the first wave is all admitted; their latency
-    grows with the bids in flight, so the limit falls, and later waves get 503s beyond it."""
+    """Bids one at a time (the no-load baseline), then waves of 48 simultaneous ones under a ceiling of 64:
+    low use has brought the limit to its burst floor (16), so the first wave admits 16; those all queue,
+    so the limit falls to a few and later waves get 503s beyond it."""
     services = _services(_SharedCpuPipeline(per_bid_s=0.0005), max_inflight=64)
-    services.bid_limit = AdaptiveConcurrencyLimit(min_limit=2, max_limit=64)
-    statuses = _waves(services, registry, 6)
-    assert statuses[0] == [200] * 48
-    assert services.bid_concurrency_limit < 16
+    services.bid_limit = BidConcurrencyLimit(min_limit=2, max_limit=64, burst=16, interval_s=0.001)
+    endpoint = BidEndpoint(lambda: services, HttpMetrics(registry))
+    assert _waves(endpoint, 5, size=1) == [[200]] * 5
+    statuses = _waves(endpoint, 6)
+    assert statuses[0].count(200) == 16
+    assert services.bid_concurrency_limit <= 4
     assert set(statuses[-1]) == {200, 503}
-    assert statuses[-1].count(200) < 16  # the limit when the wave arrived (all arrive before one is done)
+    assert statuses[-1].count(200) <= 4  # the limit when the wave arrived (all arrive before one is done)
     assert services.inflight_bids == 0
 
 
 def test_a_fixed_limit_admits_everything_under_its_ceiling(registry: CollectorRegistry) -> None:
     """The same waves without a learnt limit: all admitted, however late (what `fixed` means)."""
     services = _services(_SharedCpuPipeline(per_bid_s=0.0005), max_inflight=64)
-    assert _waves(services, registry, 6) == [[200] * 48] * 6
+    assert _waves(BidEndpoint(lambda: services, HttpMetrics(registry)), 6) == [[200] * 48] * 6
 
 
 PLAIN_BODY = orjson.dumps({"id": "r2", "imp": [{"id": "1", "banner": {"w": 300, "h": 250}}]})

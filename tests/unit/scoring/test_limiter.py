@@ -57,35 +57,6 @@ def test_does_not_grow_while_app_limited() -> None:
     assert lim.limit == 2
 
 
-def test_with_usage_headroom_an_unused_ceiling_comes_down_to_a_few_times_the_use() -> None:
-    lim = limiter(max_limit=64, min_limit=2, usage_headroom=4.0)
-    for inflight in (3, 2, 1, 1):  # at most 3 in flight: the limit comes down to 4 x 3
-        lim.on_success(unqueued(50), 50, inflight=inflight)
-    assert lim.limit == 12
-    without = limiter(max_limit=64, min_limit=2)
-    for inflight in (3, 2, 1, 1):
-        without.on_success(unqueued(50), 50, inflight=inflight)
-    assert without.limit == 64  # app limited: left alone
-
-
-def test_usage_headroom_never_goes_under_the_floor_and_forgets_old_peaks() -> None:
-    clock = FakeClock()
-    lim = limiter(max_limit=64, min_limit=6, usage_headroom=2.0, clock=clock)
-    lim.on_success(unqueued(50), 50, inflight=1)
-    assert lim.limit == 6  # 2 x 1 is under the floor
-    lim = limiter(max_limit=64, min_limit=2, usage_headroom=2.0, usage_floor=16, clock=clock)
-    lim.on_success(unqueued(50), 50, inflight=1)
-    assert lim.limit == 16  # ... and under the usage floor
-    clock.now = 1.0
-    lim = limiter(max_limit=64, min_limit=2, usage_headroom=2.0, clock=clock)
-    lim.on_success(unqueued(50), 50, inflight=20)  # not app limited at 64: leaves it
-    lim.on_success(unqueued(50), 50, inflight=1)
-    assert lim.limit == 40  # the peak of 20 holds it up ...
-    clock.now += 2 * lim.window_s + 1  # ... until two windows have passed without it
-    lim.on_success(unqueued(50), 50, inflight=1)
-    assert lim.limit == 2
-
-
 def test_shrinks_when_latency_rises_over_its_minimum() -> None:
     lim = limiter(initial_limit=8)
     lim.on_success(unqueued(50), 50, inflight=1)
@@ -237,7 +208,6 @@ def test_no_load_latency_is_an_upper_bound_under_fixed_plus_per_row_cost() -> No
         {"backoff": 0.4},
         {"window_s": 0.0},
         {"probe_gap": -1},
-        {"usage_headroom": 1.5},
     ],
 )
 def test_rejects_nonsense_settings(kwargs: dict[str, Any]) -> None:
