@@ -260,6 +260,7 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
                 min_limit=settings.bid_concurrency_min,
                 max_limit=settings.max_inflight_bids,
                 tolerance=settings.bid_concurrency_tolerance,
+                interval_s=settings.bid_concurrency_interval_ms / 1000.0,
                 headroom=settings.bid_concurrency_headroom,
                 burst=settings.bid_concurrency_burst,
             )

@@ -127,8 +127,14 @@ class Settings(BaseSettings):
     bid_concurrency_tolerance: float = Field(
         2.0,
         ge=1.0,
-        description="adaptive: a standing queue is 25 ms whose fastest bid took over this many times the "
-        "no-load latency of a bid its size",
+        description="adaptive: a standing queue is an interval whose fastest bid took over this many times "
+        "the no-load latency of a bid its size",
+    )
+    bid_concurrency_interval_ms: float = Field(
+        25.0,
+        gt=0,
+        description="adaptive: how long a standing queue must last (its fastest bid still slow); 100 sheds "
+        "less near capacity and lets admitted latency rise further under overload",
     )
     bid_concurrency_headroom: float = Field(
         4.0,

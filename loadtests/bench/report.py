@@ -26,6 +26,7 @@ _COLOURS = {
     "http-floor": "#937860",
     "gateway": "#55a868",
     "gateway-grpc": "#64b5cd",
+    "gateway-fixed": "#ccb974",
     "gateway-w2": "#8172b2",
     "kserve": "#c44e52",
     "kserve-default-logging": "#dd8452",

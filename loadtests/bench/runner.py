@@ -41,11 +41,22 @@ log = logging.getLogger(__name__)
 
 __all__ = ["ArmResult", "BenchConfig", "StepResult", "TritonTarget", "run_bench"]
 
-ARMS = ("direct", "http-floor", "gateway", "gateway-grpc", "gateway-w2", "kserve", "kserve-default-logging")
+ARMS = (
+    "direct",
+    "http-floor",
+    "gateway",
+    "gateway-grpc",
+    "gateway-fixed",
+    "gateway-w2",
+    "kserve",
+    "kserve-default-logging",
+)
 # The gateway arms, and the BIDGW_* settings each adds to the gateway's defaults (HTTP/REST to Triton).
 GATEWAY_ARMS: dict[str, dict[str, str]] = {
     "gateway": {},
     "gateway-grpc": {"BIDGW_TRITON_PROTOCOL": "grpc"},
+    # What the learnt bids-in-flight limit costs at saturation: the fixed cap of 64 instead.
+    "gateway-fixed": {"BIDGW_BID_CONCURRENCY_MODE": "fixed"},
     "gateway-w2": {},
 }
 # Arms that run no auction: nothing to compare with the gateway's answers.
@@ -54,7 +65,15 @@ _NO_AUCTION = frozenset({"http-floor"})
 
 @dataclass(frozen=True, slots=True)
 class BenchConfig:
-    arms: tuple[str, ...] = ("direct", "http-floor", "gateway", "gateway-grpc", "gateway-w2", "kserve")
+    arms: tuple[str, ...] = (
+        "direct",
+        "http-floor",
+        "gateway",
+        "gateway-grpc",
+        "gateway-fixed",
+        "gateway-w2",
+        "kserve",
+    )
     p99_bound_ms: float = 25.0
     max_error_rate: float = 0.01
     start_rate: float = 100.0
@@ -400,6 +419,8 @@ _DESCRIPTIONS = {
     "binary tensors on the event loop's own keep-alive connections",
     "gateway-grpc": "bid-gateway, 1 worker, Triton over gRPC "
     "(`BIDGW_TRITON_PROTOCOL=grpc`, tritonclient.aio)",
+    "gateway-fixed": "bid-gateway, 1 worker, the fixed in-flight cap (`BIDGW_BID_CONCURRENCY_MODE=fixed`, "
+    "64) instead of the learnt limit: what shedding near saturation costs in throughput",
     "gateway-w2": "bid-gateway, 2 workers",
     "kserve": "KServe 0.21 transformer (kserve.Model pre/postprocess, grpc-v2 predictor), 1 worker, "
     "per-request logging off",

@@ -141,3 +141,19 @@ def test_any_sequence_keeps_the_limit_within_bounds(
         if next_interval:
             clock.now += 0.03
         assert floor <= lim.on_done(latency, rows, inflight) <= floor + 40
+
+
+def test_an_onset_is_judged_after_a_quarter_interval_a_mild_queue_only_at_its_end() -> None:
+    clock = FakeClock()
+    lim = limiter(clock, burst=64)
+    baseline(lim, clock)
+    lim.on_done(NO_LOAD_S * 10, 50, 40)  # opens an interval: every bid 10x, over twice the tolerance
+    clock.now += 0.007  # a quarter of 25 ms later
+    assert lim.on_done(NO_LOAD_S * 10, 50, 40) == 16  # cut at once
+    lim = limiter(clock, burst=64)
+    baseline(lim, clock)
+    lim.on_done(NO_LOAD_S * 3, 50, 40)  # 3x: a standing queue if it lasts, not an onset
+    clock.now += 0.007
+    assert lim.on_done(NO_LOAD_S * 3, 50, 40) == 64
+    clock.now += 0.02
+    assert lim.on_done(NO_LOAD_S * 3, 50, 40) == 42  # at the interval's end: x 2/3
