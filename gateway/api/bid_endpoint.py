@@ -141,9 +141,11 @@ class BidEndpoint:
         finally:
             services.inflight_bids -= 1
         encode_at = time.monotonic()
-        if services.bid_limit is not None:
+        if services.bid_limit is not None and not decision.degraded:
             # Latency from the estimated arrival: the wait in the loop is the queue this limit must see.
-            # Its rows are the candidates ranked, so a bigger bid is not read as congestion.
+            # Its rows are the candidates ranked, so a bigger bid is not read as congestion. Bids scored on
+            # priors (Triton failing) are left out: several times faster than a model's, they would set a
+            # baseline that every model-scored bid exceeds once Triton is back.
             services.bid_limit.on_done(encode_at - arrived_at, decision.candidates, inflight)
         encoded = encode_response(decision.response)
         done_at = time.monotonic()

@@ -223,6 +223,39 @@ def test_a_learnt_limit_sheds_the_bids_that_would_only_queue(registry: Collector
     assert services.inflight_bids == 0
 
 
+class _DegradedPipeline(_Pipeline):
+    async def decide(self, request: BidRequest, received_at: float, timings: dict[str, float]) -> Decision:
+        decision = await super().decide(request, received_at, timings)
+        decision.degraded = True
+        return decision
+
+
+class _LimitSpy(BidConcurrencyLimit):
+    def __init__(self) -> None:
+        super().__init__()
+        self.samples: list[tuple[float, int, int]] = []
+
+    def on_done(self, latency_s: float, rows: int, inflight: int) -> int:
+        self.samples.append((latency_s, rows, inflight))
+        return super().on_done(latency_s, rows, inflight)
+
+
+@pytest.mark.parametrize(("pipeline", "fed"), [(_Pipeline(), 1), (_DegradedPipeline(), 0)])
+def test_model_scored_bids_feed_the_limit_and_bids_on_priors_do_not(
+    registry: CollectorRegistry, pipeline: _Pipeline, fed: int
+) -> None:
+    services = _services(pipeline)
+    spy = _LimitSpy()
+    services.bid_limit = spy
+    status, _, _ = _status_and_json(_call(BidEndpoint(lambda: services, HttpMetrics(registry)), [_body()]))
+    assert status == 200
+    assert len(spy.samples) == fed
+    if fed:
+        latency, rows, inflight = spy.samples[0]
+        assert (rows, inflight) == (0, 1)  # the stub ranked nothing; it was alone
+        assert 0 < latency < 1
+
+
 def test_a_fixed_limit_admits_everything_under_its_ceiling(registry: CollectorRegistry) -> None:
     """The same waves without a learnt limit: all admitted, however late (what `fixed` means)."""
     services = _services(_SharedCpuPipeline(per_bid_s=0.0005), max_inflight=64)
