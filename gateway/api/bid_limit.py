@@ -15,8 +15,8 @@ that ratio is over twice the tolerance: an overload's onset). The interval is 25
 (sized for network round trips; a bid takes a few ms), measured both ways with the real model on one
 worker: at 3x capacity, admitted p99 13-18 ms (25 ms) against 17-22 ms (100 ms), unloaded 7-8.6; near
 capacity (700-900 bids/s) 100 ms shed nothing where 25 ms shed a few bids of a step (a bench step of
-753 bids/s once shed 7%, the next run none up to 1,054). The first is what an overloaded bidder needs;
-`bid_concurrency_interval_ms=100` trades it for throughput.
+753 bids/s once shed 10%, the next run 5% at 1,054 and none below). The first is what an overloaded
+bidder needs; `bid_concurrency_interval_ms=100` trades it for throughput.
 
   * above `tolerance` (even the best bid queued), the queue is standing: the limit is multiplied by
     `max(0.25, tolerance / ratio)` (Gradient2's gradient, unsmoothed: one decision per interval; a floor
