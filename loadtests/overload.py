@@ -1,6 +1,6 @@
 """`python -m loadtests.overload`: the gateway at 3x its capacity with the real model, where the gateway's
 own CPU (shared with Triton and this generator) is what saturates. Prints and writes what issue 14 asks of
-the answer, as measurements with verdicts (tests/integration/test_overload.py asserts them, allowing 3 ms
+the answer, as measurements with verdicts (tests/integration/test_overload.py asserts them, allowing 4 ms
 of this box's noise on the p99 bound; on a 2-core box the generator competes for the same cores):
 
   capacity      the most bids/s served (200) by a step of a x1.3 ladder whose p99 stays within
