@@ -86,15 +86,24 @@ class ClusterNode:
                 self.process.wait(timeout=10)
 
 
+def _distinct_free_ports(count: int, exclude: frozenset[int] | set[int] = frozenset()) -> list[int]:
+    """`count` free loopback ports, none repeated and none in `exclude` (a node needs two of its own)."""
+    ports: list[int] = []
+    while len(ports) < count:
+        port = free_port()
+        if port not in ports and port not in exclude:
+            ports.append(port)
+    return ports
+
+
 class RedisCluster:
     """Six nodes, three primaries with one replica each. `url` is what BIDGW_REDIS_URL takes."""
 
     def __init__(self, primaries: int = 3, replicas: int = 1) -> None:
         self._dir = Path(tempfile.mkdtemp(prefix="bidgw-cluster-"))
         self.replicas = replicas
-        self.nodes = [
-            ClusterNode(free_port(), free_port(), self._dir) for _ in range(primaries * (1 + replicas))
-        ]
+        ports = _distinct_free_ports(2 * primaries * (1 + replicas))
+        self.nodes = [ClusterNode(ports[2 * k], ports[2 * k + 1], self._dir) for k in range(len(ports) // 2)]
 
     @property
     def url(self) -> str:
@@ -107,13 +116,33 @@ class RedisCluster:
             node.start()
         deadline = time.monotonic() + timeout_s
         for node in self.nodes:
-            self._wait(node.client().ping, deadline, f"node {node.name} did not start")
+            self._start_or_move(node, deadline)
         create = [REDIS_CLI, "--cluster", "create", *(n.name for n in self.nodes),
                   "--cluster-replicas", str(self.replicas), "--cluster-yes"]  # fmt: skip
         done = subprocess.run(create, capture_output=True, text=True, timeout=timeout_s, check=False)
         if done.returncode != 0:
             raise RuntimeError(f"redis-cli --cluster create failed: {done.stdout}{done.stderr}")
         self.wait_healthy(deadline - time.monotonic())
+
+    def _start_or_move(self, node: ClusterNode, deadline: float, attempts: int = 3) -> None:
+        """Waits for `node` to answer; when its process exited instead (a port taken between choosing it
+        and binding it: seen once in CI as "did not start"), starts it again on new free ports."""
+        for _ in range(attempts):
+            while node.alive():
+                try:
+                    if node.client().ping():
+                        return
+                except (redis.RedisError, OSError):
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"node {node.name} did not start")
+                time.sleep(0.05)
+            taken = {port for other in self.nodes for port in (other.port, other.bus_port)}
+            node.port, node.bus_port = _distinct_free_ports(2, exclude=taken)
+            node.start()
+        raise RuntimeError(
+            f"node {node.name} did not start in {attempts} attempts (see its log in {self._dir})"
+        )
 
     def wait_healthy(self, timeout_s: float = 30.0) -> None:
         """Every live node says cluster_state:ok and every replica's link to its primary is up."""
