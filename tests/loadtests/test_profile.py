@@ -81,7 +81,10 @@ def test_make_profile_writes_a_flamegraph_and_a_stage_table(triton: LocalTriton,
     assert set(stages) & {stage for stage, _ in GATEWAY_STAGES}
     assert sum(stages.values()) == pytest.approx(summary["process_cpu_us_per_bid"], rel=0.01)
     table = (tmp_path / "profile.md").read_text()
-    assert "| decode |" in table
+    # Every stage the summary has gets its row (which stages a 2 s run samples varies: once in CI no
+    # "decode" sample was taken).
+    for stage in stages:
+        assert f"| {stage} |" in table, stage
     assert "profile.svg" in table
     # No machine paths in a committed report.
     assert str(REPO_ROOT) not in table
