@@ -51,6 +51,8 @@ ARMS = (
     "kserve",
     "kserve-default-logging",
 )
+# What `make bench` runs: every arm but KServe with its default per-request logging (on request only).
+DEFAULT_ARMS = tuple(arm for arm in ARMS if arm != "kserve-default-logging")
 # The gateway arms, and the BIDGW_* settings each adds to the gateway's defaults (HTTP/REST to Triton).
 GATEWAY_ARMS: dict[str, dict[str, str]] = {
     "gateway": {},
@@ -65,15 +67,7 @@ _NO_AUCTION = frozenset({"http-floor"})
 
 @dataclass(frozen=True, slots=True)
 class BenchConfig:
-    arms: tuple[str, ...] = (
-        "direct",
-        "http-floor",
-        "gateway",
-        "gateway-grpc",
-        "gateway-fixed",
-        "gateway-w2",
-        "kserve",
-    )
+    arms: tuple[str, ...] = DEFAULT_ARMS
     p99_bound_ms: float = 25.0
     max_error_rate: float = 0.01
     start_rate: float = 100.0
