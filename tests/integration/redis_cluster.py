@@ -128,15 +128,12 @@ class RedisCluster:
         """Waits for `node` to answer; when its process exited instead (a port taken between choosing it
         and binding it: seen once in CI as "did not start"), starts it again on new free ports."""
         for _ in range(attempts):
-            while node.alive():
-                try:
-                    if node.client().ping():
-                        return
-                except (redis.RedisError, OSError):
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"node {node.name} did not start")
-                time.sleep(0.05)
+            # It answers, or its process is gone: either ends the wait.
+            self._wait(
+                lambda: not node.alive() or node.client().ping(), deadline, f"node {node.name} did not start"
+            )
+            if node.alive():
+                return
             taken = {port for other in self.nodes for port in (other.port, other.bus_port)}
             node.port, node.bus_port = _distinct_free_ports(2, exclude=taken)
             node.start()
