@@ -61,9 +61,10 @@ def _scope(headers: list[tuple[bytes, bytes]] | None = None) -> dict[str, Any]:
     }
 
 
-def _call(
+async def _exchange(
     endpoint: BidEndpoint, messages: list[Message], headers: list[tuple[bytes, bytes]] | None = None
 ) -> list[Message]:
+    """What the endpoint sends for one request whose body arrives as `messages`."""
     sent: list[Message] = []
 
     async def receive() -> Message:
@@ -72,8 +73,14 @@ def _call(
     async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(dict(message))
 
-    asyncio.run(endpoint(_scope(headers), receive, send))
+    await endpoint(_scope(headers), receive, send)
     return sent
+
+
+def _call(
+    endpoint: BidEndpoint, messages: list[Message], headers: list[tuple[bytes, bytes]] | None = None
+) -> list[Message]:
+    return asyncio.run(_exchange(endpoint, messages, headers))
 
 
 def _body(message_body: bytes = BODY, *, more: bool = False) -> Message:
@@ -189,17 +196,7 @@ def _waves(endpoint: BidEndpoint, count: int, size: int = 48) -> list[list[int]]
     """Statuses of `count` waves of `size` simultaneous bids, one wave after the other."""
 
     async def one() -> int:
-        sent: list[Message] = []
-        messages = [_body()]
-
-        async def receive() -> Message:
-            return messages.pop(0)
-
-        async def send(message: MutableMapping[str, Any]) -> None:
-            sent.append(dict(message))
-
-        await endpoint(_scope(), receive, send)
-        return int(sent[0]["status"])
+        return int((await _exchange(endpoint, [_body()]))[0]["status"])
 
     async def waves() -> list[list[int]]:
         return [list(await asyncio.gather(*(one() for _ in range(size)))) for _ in range(count)]
