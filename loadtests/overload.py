@@ -94,6 +94,7 @@ def measure(server: Server, payloads: list[bytes], p99_bound_ms: float, tmax_ms:
     shed = loaded.error_latencies_s.get("http_503", [])
     answered = admitted + shed
     return {
+        "tmax_ms": tmax_ms,
         "capacity_bids_per_s": round(capacity, 1),
         "unloaded_p50_ms": _p(unloaded.latencies_s, 50),
         "unloaded_p99_ms": _p(unloaded.latencies_s, 99),
@@ -112,8 +113,9 @@ def measure(server: Server, payloads: list[bytes], p99_bound_ms: float, tmax_ms:
     }
 
 
-def _section(result: dict[str, Any], started: str) -> str:
-    """The Overload section of docs/benchmarks.md: issue 14's targets at 3x capacity, with verdicts."""
+def target_rows(result: dict[str, Any], p99_allowance_ms: float = 0.0) -> list[tuple[str, str, str, bool]]:
+    """Issue 14's targets at 3x for a `measure` result: (target, bound, this run, met) each.
+    `p99_allowance_ms` is added to the 2x bound (the integration test's allowance for this box's noise)."""
     unloaded_p99 = result["unloaded_p99_ms"]
     before, after = result["rss_mib_before_after"]
     admitted_p99, shed_p99, late = (
@@ -121,13 +123,20 @@ def _section(result: dict[str, Any], started: str) -> str:
         result["shed_p99_ms"],
         result["answers_after_tmax"],
     )
-    rows = [
-        ("admitted p99 within 2x unloaded", f"<= {2 * unloaded_p99:.2f} ms", f"{admitted_p99} ms",
-         admitted_p99 <= 2 * unloaded_p99),
+    admitted_bound = 2 * unloaded_p99 + p99_allowance_ms
+    return [
+        ("admitted p99 within 2x unloaded", f"<= {admitted_bound:.2f} ms", f"{admitted_p99} ms",
+         admitted_p99 <= admitted_bound),
         ("shed (503) p99", "<= 10 ms", f"{shed_p99} ms", shed_p99 <= 10.0),
         (f"answered after tmax ({result['tmax_ms']} ms)", "0", str(late), late == 0),
         ("RSS growth over the overload", "<= 30 MiB", f"{after - before:+.1f} MiB", after - before <= 30),
     ]  # fmt: skip
+
+
+def _section(result: dict[str, Any], started: str) -> str:
+    """The Overload section of docs/benchmarks.md: issue 14's targets at 3x capacity, with verdicts."""
+    unloaded_p99 = result["unloaded_p99_ms"]
+    rows = target_rows(result)
     settings = ", ".join(f"{k}={v}" for k, v in result["settings"].items()) or "the gateway's defaults"
     return "\n".join(
         [

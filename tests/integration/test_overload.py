@@ -16,7 +16,7 @@ import pytest
 
 from gateway.local_triton import LocalTriton, free_ports
 from loadtests.bench.processes import start_gateway
-from loadtests.overload import measure, overload_payloads
+from loadtests.overload import measure, overload_payloads, target_rows
 from tests.integration.bid_requests import ads_with_distinct_advertisers, candidate, site_request
 from tests.integration.gateway_process import gateway_process
 from tests.integration.load import closed_loop, new_session, open_loop, percentile_ms
@@ -126,20 +126,15 @@ P99_NOISE_MS = 4.0
 
 def _misses(result: dict[str, Any]) -> list[str]:
     """Issue 14's targets at 3x that `result` (loadtests.overload.measure) misses."""
-    before, after = result["rss_mib_before_after"]
     checks = {
         "other errors": result["other_errors"] == {} and result["unfinished"] == 0,
         "about two thirds shed": result["shed"] > result["admitted"] / 2,
-        "admitted p99 within 2x unloaded (+ noise)": result["admitted_p99_ms"]
-        <= 2 * result["unloaded_p99_ms"] + P99_NOISE_MS,
-        "shed p99 <= 10 ms": result["shed_p99_ms"] <= 10.0,
-        "nothing after tmax": result["answers_after_tmax"] == 0,
-        "memory flat": after - before <= 30.0,
         # Shedding everything would pass the rest: a good part of the capacity is still served (measured
         # 0.54-1.2 of it; the box's CPU is what the generator and the sheds leave).
         "goodput >= 0.4": result["goodput_vs_capacity"] >= 0.4,
     }
-    return [name for name, ok in checks.items() if not ok]
+    targets = target_rows(result, p99_allowance_ms=P99_NOISE_MS)
+    return [name for name, ok in checks.items() if not ok] + [name for name, _, _, met in targets if not met]
 
 
 def test_real_model_at_three_times_capacity_keeps_admitted_latency_and_sheds_cheaply(
