@@ -331,7 +331,14 @@ def write_markdown(  # noqa: PLR0917 - one caller, every input named
         "The highest passing step of a ladder of offered rates (x"
         f"{config.growth:g} per {config.step_s:g} s step, then {config.refine} bisection steps; a step "
         f"fails on p99 over the bound, more than {config.max_error_rate:.0%} errors or an undrained "
-        "backlog). CPU is process time (user + system, all threads and child processes) per successful "
+        "backlog"
+        + (
+            "; a failing step is measured once more, and its rate fails only when both tries do: both are "
+            "listed under Every step"
+            if config.retry_failed_steps
+            else ""
+        )
+        + "). CPU is process time (user + system, all threads and child processes) per successful "
         "bid during that step.",
         "",
         header,
