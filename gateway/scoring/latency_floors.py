@@ -37,6 +37,10 @@ class LatencyFloors:
         self._previous: dict[int, _Floor] = {}
         self._window_started = now
 
+    @property
+    def window_started(self) -> float:
+        return self._window_started
+
     def no_load_latency(self, rows: int) -> float | None:
         """Upper bound of an unqueued sample's latency for `rows` rows, or None before any."""
         best = math.inf

@@ -157,3 +157,16 @@ def test_an_onset_is_judged_after_a_quarter_interval_a_mild_queue_only_at_its_en
     assert lim.on_done(NO_LOAD_S * 3, 50, 40) == 64
     clock.now += 0.02
     assert lim.on_done(NO_LOAD_S * 3, 50, 40) == 42  # at the interval's end: x 2/3
+
+
+def test_after_two_idle_windows_the_old_peak_no_longer_holds_the_limit_up() -> None:
+    clock = FakeClock()
+    lim = limiter(clock, burst=4, window_s=1.0)
+    # A busy spell of 8 bids in flight (app limited: 4 x 8), then a quiet bid a window later.
+    assert interval(lim, clock, [(NO_LOAD_S, 8)] * 4) == 32
+    clock.now += 1.0
+    assert interval(lim, clock, [(NO_LOAD_S, 1)]) == 32  # the peak of 8 is one window old: still counts
+    lim = limiter(clock, burst=4, window_s=1.0)
+    interval(lim, clock, [(NO_LOAD_S, 8)] * 4)
+    clock.now += 2.5  # idle for over two windows
+    assert interval(lim, clock, [(NO_LOAD_S, 1)]) == 4  # 4 x the one bid in flight since
