@@ -290,6 +290,9 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
             inflight=lambda: services.inflight_bids,
             shed=lambda: services.shed_bids,
             bid_concurrency_limit=lambda: services.bid_concurrency_limit,
+            bid_limit_standing_queues=lambda: (
+                services.bid_limit.standing_queues if services.bid_limit is not None else 0
+            ),
             breaker_state=lambda: breaker.state,
             breaker_opens=lambda: breaker.opened_count,
             also=[

@@ -320,6 +320,12 @@ class GatewayMetrics:
             registry=registry,
             multiprocess_mode="livesum",
         )
+        self.bid_limit_standing_queues = Counter(
+            "bidgw_bid_limit_standing_queues",
+            "Intervals in which even the fastest bid took over the tolerance times its no-load latency: "
+            "each one cut the learnt bids-in-flight limit (BIDGW_BID_CONCURRENCY_MODE=adaptive)",
+            registry=registry,
+        )
         # The Triton fleet as this worker sees it (gateway.scoring.fleet).
         self.triton_healthy = Gauge(
             "bidgw_triton_servers_healthy",
@@ -398,6 +404,7 @@ class MetricsExporter:
         inflight: Callable[[], int],
         shed: Callable[[], int],
         bid_concurrency_limit: Callable[[], int],
+        bid_limit_standing_queues: Callable[[], int],
         breaker_state: Callable[[], BreakerState],
         breaker_opens: Callable[[], int],
         also: Sequence[Callable[[], None]] = (),
@@ -409,6 +416,7 @@ class MetricsExporter:
         self._inflight = inflight
         self._shed = shed
         self._bid_concurrency_limit = bid_concurrency_limit
+        self._bid_limit_standing_queues = bid_limit_standing_queues
         self._breaker_state = breaker_state
         self._breaker_opens = breaker_opens
         self._last: dict[str, int] = {}
@@ -456,6 +464,7 @@ class MetricsExporter:
         store, batcher, pipeline, triton = src.store, src.batcher, src.pipeline, src.triton_errors
         delta = self._delta
         m.bids.labels("shed", "false").inc(delta("shed", self._shed()))
+        m.bid_limit_standing_queues.inc(delta("bid_limit_standing_queues", self._bid_limit_standing_queues()))
         m.breaker_opens.inc(delta("breaker_opens", self._breaker_opens()))
         stores = m.store_children
         stores["user", "hit"].inc(delta("user_hits", store.user_hits))

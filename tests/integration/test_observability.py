@@ -100,6 +100,7 @@ EXPECTED_METRICS: dict[str, tuple[str, frozenset[str]]] = {
     "bidgw_loop_lag_sheds": ("counter", frozenset()),
     "bidgw_inflight_bids": ("gauge", frozenset()),
     "bidgw_bid_concurrency_limit": ("gauge", frozenset()),
+    "bidgw_bid_limit_standing_queues": ("counter", frozenset()),
     "bidgw_store_lookups": ("counter", frozenset({"table", "result"})),
     "bidgw_store_failures": ("counter", frozenset()),
     "bidgw_scoring_failures": ("counter", frozenset()),
