@@ -26,6 +26,7 @@ microsecond of overhead whatever it computes, so a rule that excludes nobody cos
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -109,6 +110,18 @@ class Candidates:
 
     def __post_init__(self) -> None:
         count = len(self.ad_ids)
+        # Checked on every bid: one chain of comparisons, the message only for a mismatch (2.7 -> 1.9 us).
+        if (
+            len(self.campaign_ids)
+            == len(self.advertisers)
+            == len(self.categories)
+            == len(self.bid_types)
+            == len(self.bids)
+            == len(self.imp_ids)
+            == len(self.deal_ids)
+            == count
+        ):
+            return
         lengths = {
             "campaign_ids": len(self.campaign_ids),
             "advertisers": len(self.advertisers),
@@ -163,20 +176,17 @@ def build(
         raise ValueError(f"ecpm has {len(ecpm)} entries for {count} candidates")
     if excluded is not None and len(excluded) != count:
         raise ValueError(f"excluded has {len(excluded)} entries for {count} candidates")
-    floor_usd, deal_applies = _floors(imps, candidates.deal_ids, currency_table)
+    floor_usd, deal_applies, open_floors = _floors(imps, candidates.deal_ids, currency_table)
     imp_allowed = _imp_allowed(imps, candidates.imp_ids, deal_applies)
-
-    # NaN eCPMs compare False, i.e. below floor, which is the intent (quietly: NumPy >= 1.26 raises no
-    # "invalid value" warning for a NaN comparison, so no errstate block, which costs ~2 us per call).
-    eligible = ecpm >= floor_usd - FLOOR_TOLERANCE_USD
-    eligible &= np.isfinite(ecpm) & (ecpm > 0.0)
+    eligible = _clears_floor(ecpm, floor_usd, open_floors)
     if imp_allowed is not None:
         eligible &= imp_allowed
 
     # The documented precedence, applied from the lowest to the highest so the first rule that holds wins
     # (what np.select does, at a fraction of its cost for tens of candidates). The candidate-level rules
     # below can only take candidates out, so eligible-somewhere before them is "not below floor" after.
-    drop_code = _BELOW_FLOOR_OR_NOT_LOST[_at_some_imp(eligible).view(np.uint8)]
+    # `take` rather than fancy indexing: ~0.5 us less per lookup.
+    drop_code = _BELOW_FLOOR_OR_NOT_LOST.take(_at_some_imp(eligible).view(np.uint8))
     if imp_allowed is not None:
         drop_code[~_at_some_imp(imp_allowed)] = reason_code(LossReason.NO_ELIGIBLE_IMP)
     removed = _apply_candidate_rules(drop_code, candidates, badv=badv, bcat=bcat, excluded=excluded)
@@ -185,10 +195,32 @@ def build(
     return Eligibility(eligible=eligible, floor_usd=floor_usd, deal_applies=deal_applies, drop_code=drop_code)
 
 
+def _clears_floor(
+    ecpm: npt.NDArray[np.float64], floor_usd: npt.NDArray[np.float64], open_floors: list[float] | None
+) -> npt.NDArray[np.bool_]:
+    """[I, C]: the eCPM is a positive finite number at or above the floor, less `FLOOR_TOLERANCE_USD`.
+
+    `open_floors`: the imps' floors when every candidate faces its imp's open floor (no deal applies),
+    else None. A one-imp request (80% of traffic) then compares against one number: above a positive
+    threshold the eCPM is positive too, so two comparisons and an `and` instead of six array operations
+    (one-imp eligibility 35.7 -> 24.1 us per bid in an A/B stage harness, with `take` below)."""
+    if open_floors is not None and len(open_floors) == 1:
+        threshold = open_floors[0] - FLOOR_TOLERANCE_USD
+        # NaN eCPMs compare False, i.e. below floor, which is the intent; a NaN floor admits nobody.
+        clears = ecpm >= threshold if threshold > 0.0 or math.isnan(threshold) else ecpm > 0.0
+        clears &= ecpm < math.inf
+        return clears.reshape(1, -1)
+    # Quietly: NumPy >= 1.26 raises no "invalid value" warning for a NaN comparison, so no errstate block,
+    # which costs ~2 us per call.
+    eligible = ecpm >= floor_usd - FLOOR_TOLERANCE_USD
+    eligible &= np.isfinite(ecpm) & (ecpm > 0.0)
+    return eligible
+
+
 def _at_some_imp(mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.bool_]:
     """[I, C] -> [C]: true at some imp. A one-imp request (80% of traffic) reads its row: ~1 us less than
-    the reduction."""
-    somewhere: npt.NDArray[np.bool_] = mask[0] if len(mask) == 1 else mask.any(axis=0)
+    the reduction; the ufunc's own reduce skips `any`'s Python wrapper (~0.6 us)."""
+    somewhere: npt.NDArray[np.bool_] = mask[0] if len(mask) == 1 else np.logical_or.reduce(mask, axis=0)
     return somewhere
 
 
@@ -275,17 +307,51 @@ def _imp_allowed(
     return allowed
 
 
+# Bit i stands for imp i in `_imp_restriction`'s per-candidate masks: as many imps as a uint64 has bits.
+_IMP_BITS: Final = (np.uint64(1) << np.arange(64, dtype=np.uint64)).reshape(-1, 1)
+
+
 def _imp_restriction(
     imps: Sequence[Impression], imp_ids: Sequence[Sequence[str] | None]
 ) -> npt.NDArray[np.bool_]:
-    """[I, C]: the candidate lists the imp in `imp_ids` (or lists none, meaning all)."""
+    """[I, C]: the candidate lists the imp in `imp_ids` (or lists none, meaning all).
+
+    Each candidate's imps as the bits of one integer (one Python pass, mostly dict lookups), then one
+    broadcast test per (imp, candidate): 60 -> 22 us (in-loop, profiled) for a 2-imp request with 14 of
+    50 restricted, where scattering index lists into an all-true mask took two fancy assignments."""
+    if len(imps) > len(_IMP_BITS):
+        return _imp_restriction_by_index(imps, imp_ids)
+    # An id naming no imp of this request simply grants nothing; a repeated imp id means its last imp.
+    bit_of = {imp.id: 1 << i for i, imp in enumerate(imps)}
+    every_imp = (1 << len(imps)) - 1
+    masks = [
+        every_imp if ids is None else bit_of.get(ids[0], 0) if len(ids) == 1 else _mask_of(ids, bit_of)
+        for ids in imp_ids
+    ]
+    # astype(bool) rather than `!= 0`, which converts the scalar first (~1 us).
+    listed: npt.NDArray[np.bool_] = (
+        _IMP_BITS[: len(imps)] & np.array(masks, dtype=np.uint64).reshape(1, -1)
+    ).astype(np.bool_)
+    return listed
+
+
+def _mask_of(ids: Sequence[str], bit_of: Mapping[str, int]) -> int:
+    mask = 0
+    for imp_id in ids:
+        mask |= bit_of.get(imp_id, 0)
+    return mask
+
+
+def _imp_restriction_by_index(
+    imps: Sequence[Impression], imp_ids: Sequence[Sequence[str] | None]
+) -> npt.NDArray[np.bool_]:
+    """`_imp_restriction` for a request with more imps than a mask has bits."""
     allowed = np.ones((len(imps), len(imp_ids)), dtype=np.bool_)
     restricted = [c for c, ids in enumerate(imp_ids) if ids is not None]
     if not restricted:
         return allowed
     allowed[:, restricted] = False
     imp_index = {imp.id: i for i, imp in enumerate(imps)}
-    # An id naming no imp of this request simply grants nothing.
     pairs = [(imp_index[imp_id], c) for c in restricted for imp_id in imp_ids[c] or () if imp_id in imp_index]
     if pairs:
         rows, cols = zip(*pairs, strict=True)
@@ -295,12 +361,11 @@ def _imp_restriction(
 
 def _floors(
     imps: Sequence[Impression], deal_ids: Sequence[str | None], currency_table: CurrencyTable
-) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_]]:
-    """[I, C] USD floor each candidate faces at each imp, and whether it is the candidate's deal floor."""
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.bool_], list[float] | None]:
+    """[I, C] USD floor each candidate faces at each imp, and whether it is the candidate's deal floor;
+    then, when no deal applies anywhere, the imps' open floors (else None)."""
     count = len(deal_ids)
-    open_floor = np.array(
-        [currency_table.to_usd(float(imp.bidfloor), imp.bidfloorcur) for imp in imps], dtype=np.float64
-    )
+    open_floors = [currency_table.to_usd(float(imp.bidfloor), imp.bidfloorcur) for imp in imps]
     # Converted even when no candidate names the deal, so a bad currency fails the same way every time.
     deal_floors = [
         (i, deal_id, currency_table.to_usd(float(deal.bidfloor), deal.bidfloorcur))
@@ -309,8 +374,9 @@ def _floors(
     ]
     if not deal_floors or not any(deal_ids):  # the common open-auction request
         floor_usd = np.empty((len(imps), count))
-        floor_usd[:] = open_floor[:, None]  # ~2x cheaper than np.repeat at this size
-        return floor_usd, np.zeros((len(imps), count), dtype=np.bool_)
+        for i, floor in enumerate(open_floors):
+            floor_usd[i] = floor  # row by row: no array of the floors to build and broadcast (~2 us)
+        return floor_usd, np.zeros((len(imps), count), dtype=np.bool_), open_floors
 
     # "" stands for "no deal": an empty deal id is meaningless in OpenRTB, so it is never matched.
     deal_code, deal_index = factorise(deal or "" for deal in deal_ids)
@@ -322,4 +388,5 @@ def _floors(
             deal_floor[i, deal_index[deal_id]] = floor
     candidate_deal_floor = deal_floor[:, deal_code]
     deal_applies = ~np.isnan(candidate_deal_floor)
-    return np.where(deal_applies, candidate_deal_floor, open_floor[:, None]), deal_applies
+    open_floor = np.array(open_floors, dtype=np.float64)
+    return np.where(deal_applies, candidate_deal_floor, open_floor[:, None]), deal_applies, None

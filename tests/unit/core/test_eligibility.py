@@ -347,3 +347,19 @@ def test_matches_reference_on_random_requests(seed: int) -> None:
     eligible, reasons = _reference(imps, ads, badv, bcat)
     assert elig.eligible.tolist() == eligible
     assert elig.drop_reasons() == reasons
+
+
+def test_imp_restriction_masks_match_the_index_scatter() -> None:
+    # The per-candidate bit masks against the index scatter kept for requests wider than a mask.
+    for seed in range(300):
+        rng = random.Random(seed)
+        imps = [Impression(f"i{rng.randint(0, 70)}") for _ in range(rng.choice([0, 1, 2, 3, 63, 64]))]
+        names = [imp.id for imp in imps] + ["i99"]
+        imp_ids = [
+            rng.choice([None, (), tuple(rng.sample(names, min(len(names), rng.randint(1, 3))))])
+            for _ in range(rng.randint(0, 12))
+        ]
+        got = eligibility._imp_restriction(imps, imp_ids)
+        expected = eligibility._imp_restriction_by_index(imps, imp_ids)
+        assert got.shape == expected.shape, seed
+        assert got.tolist() == expected.tolist(), seed
