@@ -138,8 +138,52 @@ def _position(imp: Imp) -> str:
     return fs.MISSING
 
 
+class _BucketMemo(dict[str, int]):
+    """One context field's value -> bucket, remembered: the vocabularies are small (publishers, tag ids,
+    sizes, a few OSes and countries) and a dict hit costs ~40 ns against ~270 ns for `fs.hash_field`
+    (encode + xxh3 + modulo). Buckets are plain ints, so nothing a caller holds can alter the memo.
+
+    Bounded by forgetting everything at `limit` entries: hashing is pure, so a reset costs only re-hashing,
+    and a flood of unique values (tag ids from a misbehaving exchange) cannot grow memory without end."""
+
+    __slots__ = ("field_index", "limit")
+
+    def __init__(self, field: str, limit: int = 8192) -> None:
+        super().__init__()
+        self.field_index = fs.CAT_INDEX[field]
+        self.limit = limit
+
+    def __missing__(self, value: str) -> int:
+        if len(self) >= self.limit:
+            self.clear()
+        bucket = self[value] = fs.hash_value(self.field_index, value)
+        return bucket
+
+
+_PUBLISHER_BUCKETS: Final = _BucketMemo("publisher")
+_PUB_CATEGORY_BUCKETS: Final = _BucketMemo("pub_category")
+_DEVICE_TYPE_BUCKETS: Final = _BucketMemo("device_type")
+_OS_BUCKETS: Final = _BucketMemo("os")
+_COUNTRY_BUCKETS: Final = _BucketMemo("country")
+_TAGID_BUCKETS: Final = _BucketMemo("tagid")
+_AD_SIZE_BUCKETS: Final = _BucketMemo("ad_size")
+_POSITION_BUCKETS: Final = _BucketMemo("position")
+
+
+def _hour_dense(hour: int) -> npt.NDArray[np.float32]:
+    dense = np.array(fs.hour_cycle(hour), dtype=np.float32)
+    dense.flags.writeable = False  # shared by every request of that hour
+    return dense
+
+
+# The dense context of each whole hour, built once: np.array of the (sin, cos) pair cost ~0.9 us a request.
+_HOUR_DENSE: Final = {hour: _hour_dense(hour) for hour in range(24)}
+
+
 def context_from_request(request: BidRequest, hour: int) -> RequestContext:
-    """Context buckets per imp; `hour` is the UTC hour of day in [0, 24) (ValueError otherwise)."""
+    """Context buckets per imp; `hour` is the UTC hour of day in [0, 24) (ValueError otherwise).
+
+    `dense` is read-only (shared between requests of the same hour); `cat` is the request's own."""
     hour_bucket = fs.hour_bucket(hour)
     publisher, pub_category = _publisher(request.app, request.site, request.dooh)
     device = request.device
@@ -151,24 +195,26 @@ def context_from_request(request: BidRequest, hour: int) -> RequestContext:
     # Rows in CONTEXT_CAT_FIELDS order, written out (a dict per imp, merged and read back by name, cost
     # ~0.6 us more per request); the tests read columns by name, so a reordering cannot go unnoticed.
     shared = (
-        fs.hash_field("publisher", publisher),
-        fs.hash_field("pub_category", pub_category),
-        fs.hash_field("device_type", devicetype),
-        fs.hash_field("os", os),
-        fs.hash_field("country", country),
+        _PUBLISHER_BUCKETS[publisher],
+        _PUB_CATEGORY_BUCKETS[pub_category],
+        _DEVICE_TYPE_BUCKETS[devicetype],
+        _OS_BUCKETS[os],
+        _COUNTRY_BUCKETS[country],
     )
     rows = [  # per imp, not per candidate: a request has a handful
         (
             *shared,
-            fs.hash_field("tagid", imp.tagid or fs.MISSING),
-            fs.hash_field("ad_size", _size(imp)),
-            fs.hash_field("position", _position(imp)),
+            _TAGID_BUCKETS[imp.tagid or fs.MISSING],
+            _AD_SIZE_BUCKETS[_size(imp)],
+            _POSITION_BUCKETS[_position(imp)],
             hour_bucket,
         )
         for imp in request.imp
     ]
     cat = np.array(rows, dtype=np.int64).reshape(len(rows), len(CONTEXT_CAT_FIELDS))
-    dense = np.array(fs.hour_cycle(hour), dtype=np.float32)
+    dense = _HOUR_DENSE.get(hour)
+    if dense is None:  # a fractional hour from a test's clock: not worth remembering
+        dense = _hour_dense(hour)
     return RequestContext(cat=cat, dense=dense)
 
 

@@ -3,30 +3,25 @@ math is), imps as eligibility records, and each candidate's scoring placement.""
 
 from __future__ import annotations
 
-from operator import attrgetter
-from typing import Final
-
 import numpy as np
 import numpy.typing as npt
 
 from gateway.core import auction, eligibility
 from gateway.openrtb import BidRequest, Candidate, Imp
 
-_BID: Final = attrgetter("bid")
-
 
 def candidate_columns(raw: list[Candidate]) -> eligibility.Candidates:
     # A list comprehension per column: on msgspec structs that beats list(map(attrgetter)) and a single
-    # zip(*rows) transpose (~0.9 us per 50-candidate column); feeding np.fromiter, map(attrgetter) beats a
-    # generator. The request's own `cat` and `imp_ids` lists are shared, not copied into tuples (~1.7 us):
-    # the data plane only reads them.
+    # zip(*rows) transpose (~0.9 us per 50-candidate column); for the bids too, handed to np.array: 2.9 us
+    # against 3.5 us for np.fromiter(map(attrgetter)). The request's own `cat` and `imp_ids` lists are
+    # shared, not copied into tuples (~1.7 us): the data plane only reads them.
     return eligibility.Candidates(
         ad_ids=[c.id for c in raw],
         campaign_ids=[c.campaign_id for c in raw],
         advertisers=[c.advertiser for c in raw],
         categories=[c.cat for c in raw],
         bid_types=auction.encode_bid_types([c.bid_type for c in raw]),
-        bids=np.fromiter(map(_BID, raw), dtype=np.float64, count=len(raw)),
+        bids=np.array([c.bid for c in raw], dtype=np.float64),
         imp_ids=[c.imp_ids for c in raw],
         deal_ids=[c.deal_id for c in raw],
     )
@@ -53,11 +48,14 @@ def scoring_imps(request: BidRequest, candidates: eligibility.Candidates) -> npt
     if len(request.imp) == 1 or candidates.imp_ids.count(None) == count:
         return np.zeros(count, dtype=np.intp)  # every candidate on the first imp: no per-candidate pass
     position = {imp.id: i for i, imp in enumerate(request.imp)}
-    return np.fromiter(
-        (
-            min((position[i] for i in ids if i in position), default=0) if ids else 0
-            for ids in candidates.imp_ids
-        ),
-        dtype=np.intp,
-        count=count,
-    )
+    # Most restricted candidates name one imp: a dict probe for those, the generator only for longer lists.
+    # 6 us against 18.4 us (a generator and min() for every candidate) on the 2-3 imp requests.
+    first_allowed = [0] * count  # unrestricted (None or []): the first imp
+    for c, ids in enumerate(candidates.imp_ids):
+        if not ids:
+            continue
+        if len(ids) == 1:
+            first_allowed[c] = position.get(ids[0], 0)
+        else:
+            first_allowed[c] = min((position[i] for i in ids if i in position), default=0)
+    return np.array(first_allowed, dtype=np.intp)

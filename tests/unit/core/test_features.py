@@ -21,6 +21,7 @@ from gateway.core.features import (
     CONTEXT_CAT_FIELDS,
     CONTEXT_DENSE_FIELDS,
     RequestContext,
+    _BucketMemo,
     assemble,
     context_from_request,
     user_key,
@@ -237,6 +238,55 @@ def test_each_imp_has_its_own_row() -> None:
 def test_hour_out_of_range_is_rejected(hour: int) -> None:
     with pytest.raises(ValueError, match="hour"):
         context_from_request(request(), hour=hour)
+
+
+def test_bucket_memo_equals_hashing_and_is_bounded() -> None:
+    memo = _BucketMemo("tagid", limit=3)
+    values = [f"slot{k}" for k in range(7)]
+    for value in [*values, *values]:
+        assert memo[value] == fs.hash_field("tagid", value)
+        assert len(memo) <= 3
+    assert memo.get("never-seen") is None  # a plain lookup neither hashes nor remembers
+
+
+def test_repeated_requests_get_the_same_buckets_as_fresh_hashing() -> None:
+    """The memoised buckets are the hashes of the strings; a second request reads them back unchanged."""
+    req = request(
+        site={"domain": "news.example", "publisher": {"cat": ["IAB12-3"]}},
+        device={"devicetype": 2, "os": "Android", "geo": {"country": "deu"}},
+        imp=[
+            {"id": "1", "tagid": "top", "banner": {"format": [{"w": 728, "h": 90}], "pos": 1}},
+            {"id": "2", "video": {"w": 640, "h": 360}},
+        ],
+    )
+    first, second = context_from_request(req, hour=9), context_from_request(req, hour=9)
+    np.testing.assert_array_equal(first.cat, second.cat)
+    assert first.cat is not second.cat
+    expected = {
+        "publisher": "news.example",
+        "pub_category": "IAB12",
+        "device_type": "2",
+        "os": "android",
+        "country": "DEU",
+    }
+    for imp in (0, 1):
+        for field, value in expected.items():
+            assert ctx_bucket(second, field, imp) == expect(field, value)
+    assert [ctx_bucket(second, "tagid", i) for i in (0, 1)] == [expect("tagid", "top"), expect("tagid", "")]
+    assert [ctx_bucket(second, "ad_size", i) for i in (0, 1)] == [
+        expect("ad_size", "728x90"),
+        expect("ad_size", "640x360"),
+    ]
+
+
+@pytest.mark.parametrize("hour", range(24))
+def test_shared_hour_dense_is_read_only_and_exact(hour: int) -> None:
+    ctx = context_from_request(request(), hour=hour)
+    np.testing.assert_array_equal(ctx.dense, np.array(fs.hour_cycle(hour), dtype=np.float32))
+    assert (ctx.dense.dtype, ctx.dense.shape) == (np.dtype(np.float32), (len(CONTEXT_DENSE_FIELDS),))
+    with pytest.raises(ValueError, match="read-only"):
+        ctx.dense[0] = 2.0
+    assert ctx.cat.flags.writeable  # the request's own rows
 
 
 # ---------------------------------------------------------------------------------------- assemble

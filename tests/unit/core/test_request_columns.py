@@ -6,10 +6,11 @@ import random
 from typing import Any
 
 import msgspec
+import numpy as np
 import pytest
 
-from gateway.core import request_columns
-from gateway.openrtb import BidRequest
+from gateway.core import auction, request_columns
+from gateway.openrtb import BidRequest, Candidate
 
 
 def request(imp_ids: list[list[str] | None], imps: int = 1) -> BidRequest:
@@ -87,3 +88,29 @@ def test_scoring_imps_on_random_requests(seed: int) -> None:
     columns = request_columns.candidate_columns(req.ext.candidates)
     expected = [min((names.index(i) for i in ids or () if i in names), default=0) for ids in imp_ids]
     assert request_columns.scoring_imps(req, columns).tolist() == expected
+
+
+def candidates_with_bid_types(bid_types: list[str]) -> list[Candidate]:
+    return [
+        Candidate(id=f"ad{c}", campaign_id="c", advertiser="a.com", bid_type=bid_type, bid=1.0)  # type: ignore[arg-type]
+        for c, bid_type in enumerate(bid_types)
+    ]
+
+
+@pytest.mark.parametrize(
+    "bid_types",
+    [[], ["cpm"], ["cpm", "cpc", "cpa", "cpc"], ["CPM", "cpc"], ["Cpa"]],
+    ids=["none", "one", "lower-case", "mixed-case", "capitalised"],
+)
+def test_bid_type_column_holds_the_codes(bid_types: list[str]) -> None:
+    """The bytearray path (lower case, as decoded) and the fallback (other spellings, e.g. from a catalog)
+    give the same codes, as a writable int8 column."""
+    column = request_columns.candidate_columns(candidates_with_bid_types(bid_types)).bid_types
+    assert column.dtype == np.dtype(np.int8)
+    assert column.tolist() == [auction.BID_TYPE_CODES[name.lower()] for name in bid_types]
+    assert column.flags.writeable
+
+
+def test_unknown_bid_type_raises_encode_bid_types_error() -> None:
+    with pytest.raises(ValueError, match="unknown bid type 'cpx'"):
+        request_columns.candidate_columns(candidates_with_bid_types(["cpm", "cpx"]))

@@ -361,3 +361,38 @@ def test_committed_snapshots_match_the_training_world() -> None:
         feats = store.lookup_user(world.users.ids[user])
         np.testing.assert_array_equal(feats.cat, cat[row, USER_CAT_COLS])
         np.testing.assert_array_equal(feats.dense, dense[row, USER_DENSE_COLS])
+
+
+# ------------------------------------------------------------------------- all-known fast path
+
+
+@pytest.mark.parametrize("count", [1, 2, 50])
+def test_all_known_ads_match_the_general_path(
+    store: EmbeddedFeatureStore, world: w.World, count: int
+) -> None:
+    """Every ad known takes the one-call path: the same rows as when an unknown ad forces the general one."""
+    ids = [world.ads.ids[(7 * k) % len(world.ads.ids)] for k in range(count)]
+    fast = store.lookup_ads(ad_keys(ids))
+    general = store.lookup_ads(ad_keys([*ids, "unknown"]))
+    np.testing.assert_array_equal(fast.cat, general.cat[:count])
+    np.testing.assert_array_equal(fast.dense, general.dense[:count])
+    np.testing.assert_array_equal(fast.known, general.known[:count])
+    assert fast.cat.shape == (count, len(AD_CAT_FIELDS))
+    assert fast.dense.shape == (count, 2)
+    assert (fast.known.shape, fast.known.dtype) == ((count,), np.dtype(np.bool_))
+    assert fast.known.all()
+    assert (store.stats.ad_hits, store.stats.ad_misses) == (2 * count, 1)
+
+
+def test_served_ad_rows_are_the_callers_own(store: EmbeddedFeatureStore, world: w.World) -> None:
+    """A caller writing into what it was served cannot change what the next request reads."""
+    keys = ad_keys(list(world.ads.ids[:3]))
+    first = store.lookup_ads(keys)
+    expected_cat, expected_dense = first.cat.copy(), first.dense.copy()
+    first.cat[:] = -1
+    first.dense[:] = -1.0
+    first.known[:] = False
+    again = store.lookup_ads(keys)
+    np.testing.assert_array_equal(again.cat, expected_cat)
+    np.testing.assert_array_equal(again.dense, expected_dense)
+    assert again.known.all()
