@@ -384,10 +384,13 @@ class MicroBatcher:
             if not batch[0].future.done():
                 batch[0].future.set_result(scores)
             return
-        offsets = np.cumsum([p.rows for p in batch[:-1]])
-        version = scores.model_version
-        for item, pctr, pcvr in zip(
-            batch, np.split(scores.pctr, offsets), np.split(scores.pcvr, offsets), strict=True
-        ):
+        # Plain slices (views) rather than np.split, whose Python wrapper cost ~10 us per output per batch.
+        pctr, pcvr, version = scores.pctr, scores.pcvr, scores.model_version
+        start = 0
+        for item in batch:
+            end = start + item.rows
             if not item.future.done():
-                item.future.set_result(Scores(pctr=pctr, pcvr=pcvr, model_version=version))
+                item.future.set_result(
+                    Scores(pctr=pctr[start:end], pcvr=pcvr[start:end], model_version=version)
+                )
+            start = end
