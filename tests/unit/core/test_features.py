@@ -21,7 +21,7 @@ from gateway.core.features import (
     CONTEXT_CAT_FIELDS,
     CONTEXT_DENSE_FIELDS,
     RequestContext,
-    _BucketMemo,
+    _context_bucket,
     assemble,
     context_from_request,
     user_key,
@@ -240,13 +240,11 @@ def test_hour_out_of_range_is_rejected(hour: int) -> None:
         context_from_request(request(), hour=hour)
 
 
-def test_bucket_memo_equals_hashing_and_is_bounded() -> None:
-    memo = _BucketMemo("tagid", limit=3)
-    values = [f"slot{k}" for k in range(7)]
-    for value in [*values, *values]:
-        assert memo[value] == fs.hash_field("tagid", value)
-        assert len(memo) <= 3
-    assert memo.get("never-seen") is None  # a plain lookup neither hashes nor remembers
+def test_context_bucket_cache_equals_hashing_and_is_bounded() -> None:
+    for value in [f"slot{k}" for k in range(50)]:
+        assert _context_bucket("tagid", value) == fs.hash_field("tagid", value)
+        assert _context_bucket("publisher", value) == fs.hash_field("publisher", value)
+    assert _context_bucket.cache_info().maxsize is not None
 
 
 def test_repeated_requests_get_the_same_buckets_as_fresh_hashing() -> None:
