@@ -57,6 +57,7 @@ class BidType(IntEnum):
 BID_TYPE_CODES: Final[Mapping[str, BidType]] = MappingProxyType(
     {"cpm": BidType.CPM, "cpc": BidType.CPC, "cpa": BidType.CPA}
 )
+_BID_TYPE_COUNT: Final = len(BidType)
 
 
 class AuctionType(IntEnum):
@@ -117,9 +118,6 @@ def compute_ecpm(
         raise ValueError(f"unknown bid type code(s): {sorted(set(bid_types[unknown].tolist()))}") from None
     ecpm *= bids  # as float64 (exact for float32), the same product as bids x factor
     return ecpm
-
-
-_BID_TYPE_COUNT: Final = len(BidType)
 
 
 @dataclass(frozen=True, slots=True)
