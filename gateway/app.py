@@ -313,11 +313,15 @@ def create_app(settings: Settings | None = None) -> GatewayApp:
         app.state.metrics_exporter = exporter
         settle_startup_heap()
         export_task = asyncio.create_task(exporter.run(settings.metrics_sync_interval_s))
+        # Connections and scripts ready before the first bids need them (in the background: see warm_up).
+        warm_up = asyncio.create_task(campaign_store.shards.warm_up()) if campaign_store is not None else None
         drain_on_sigterm(services.mark_draining, settings.drain_delay_s)
         try:
             yield
         finally:
             export_task.cancel()
+            if warm_up is not None:
+                warm_up.cancel()
             admission.stop()
             if catalog is not None:
                 await catalog[1].stop()

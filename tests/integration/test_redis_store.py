@@ -21,7 +21,7 @@ from gateway.stores.campaigns import CampaignConfig, CampaignLedger
 from gateway.stores.embedded import EmbeddedFeatureStore
 from gateway.stores.redis_store import RedisFeatureStore
 from gateway.stores.seed import seed_redis
-from gateway.stores.shards import RedisShards
+from gateway.stores.shards import RedisShards, Script
 from tests.integration.bid_requests import snapshot
 from tests.integration.redis_server import RedisServer
 
@@ -194,4 +194,27 @@ async def test_redis_down_at_start_and_back_later() -> None:
         assert up.user.known
         assert up.ads.known.all()
         assert not up.degraded
+    await store.aclose()
+
+
+async def test_warm_up_loads_the_scripts_before_the_first_bid(redis_server: RedisServer) -> None:
+    """A new worker's first bid must not pay connect + NOSCRIPT + SCRIPT LOAD inside its 10 ms budget."""
+    store = RedisFeatureStore.connect(redis_server.url, timeout_s=0.05)
+    shards = store.shards
+    script = shards.register(Script("return 'warm'"))
+    client = Redis.from_url(redis_server.url)
+    await client.script_flush()
+    assert await client.script_exists(script.sha) == [False]
+    assert await shards.warm_up(attempts=3, pause_s=0.01)
+    assert await client.script_exists(script.sha) == [True]
+    assert all(shard.scripts_loaded for shard in shards.shards())
+    await client.aclose()
+    await store.aclose()
+
+
+async def test_warm_up_gives_up_by_itself_while_redis_is_down() -> None:
+    store = RedisFeatureStore.connect(RedisServer().url, timeout_s=0.05)  # never started
+    started = time.monotonic()
+    assert not await store.shards.warm_up(attempts=3, pause_s=0.05)
+    assert time.monotonic() - started < 3.0
     await store.aclose()
