@@ -329,8 +329,9 @@ class RedisShards:
 
         Why: otherwise the first bids of a new worker pay the TCP connect, the NOSCRIPT reply and SCRIPT
         LOAD inside a bid's 10 ms Redis budget; on a busy host the budget hold then fails and a catalog bid
-        (billable only with its record) is answered no-bid (measured: the first bid of a fresh gateway on
-        this 2-core box, 1 test run in 8). Bounded: `attempts` tries, `pause_s` apart."""
+        (billable only with its record) is answered no-bid (measured on a 2-core host: the first bid of a
+        fresh gateway, 1 run in 5-8 of test_catalog_bidding's exchange loop). Bounded: `attempts` tries,
+        `pause_s` apart."""
         for attempt in range(attempts):
             if attempt:
                 await asyncio.sleep(pause_s)
