@@ -335,13 +335,10 @@ class RedisShards:
         for attempt in range(attempts):
             if attempt:
                 await asyncio.sleep(pause_s)
-            if self.cluster:
-                with contextlib.suppress(StoreError):
-                    await self.discover(time.monotonic() + self._discovery_timeout_s)  # loads the scripts
-                primaries = self.shards()
-            else:
-                assert self._standalone is not None
-                primaries = [self._standalone]
+            with contextlib.suppress(StoreError):
+                # A cluster's slot map names its primaries (standalone: known already, no I/O).
+                await self.discover(time.monotonic() + self._discovery_timeout_s)
+            primaries = self.shards()
             await self._load_scripts(primaries)
             if primaries and all(shard.scripts_loaded for shard in primaries):
                 return True
