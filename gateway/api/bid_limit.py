@@ -109,11 +109,10 @@ class BidConcurrencyLimit:
             self._interval_started = now
             self._best_ratio = None
             self._busiest = 0
-        window_started = self._floors.window_started
-        if self._floors.rotate(now):
-            # As the floors: after two idle windows nothing of the old peak is left, after one it is old.
-            idle = now - window_started >= 2 * self._floors.window_s
-            self._previous_peak, self._peak = (0 if idle else self._peak), 0
+        rotation = self._floors.rotate(now)
+        if rotation != "none":
+            # The peaks age with the floors: after one window the peak is old, after two idle ones gone.
+            self._previous_peak, self._peak = (self._peak if rotation == "aged" else 0), 0
         self._peak = max(self._peak, inflight)
         self._busiest = max(self._busiest, inflight)
         rows = max(rows, 1)

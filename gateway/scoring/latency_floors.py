@@ -15,6 +15,11 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
+
+# What a window's end did to the samples: none (the window goes on), aged (the current window's samples
+# became the previous window's), cleared (two or more idle windows: none are left).
+Rotation = Literal["none", "aged", "cleared"]
 
 
 @dataclass(slots=True)
@@ -36,10 +41,6 @@ class LatencyFloors:
         self._current: dict[int, _Floor] = {}
         self._previous: dict[int, _Floor] = {}
         self._window_started = now
-
-    @property
-    def window_started(self) -> float:
-        return self._window_started
 
     def no_load_latency(self, rows: int) -> float | None:
         """Upper bound of an unqueued sample's latency for `rows` rows, or None before any."""
@@ -64,13 +65,15 @@ class LatencyFloors:
             floor.latency_s = latency_s
             floor.rows = rows
 
-    def rotate(self, now: float) -> bool:
-        """Start a new window when the current one is over; True when it did."""
+    def rotate(self, now: float) -> Rotation:
+        """Start a new window when the current one is over. Says what became of the old samples, so state
+        kept beside the floors (a limiter's in-flight peaks) can age by the same rule."""
         elapsed = now - self._window_started
         if elapsed < self.window_s:
-            return False
+            return "none"
         # After two idle windows nothing of the old minima is left; after one, the current becomes old.
-        self._previous = self._current if elapsed < 2 * self.window_s else {}
+        rotation: Rotation = "aged" if elapsed < 2 * self.window_s else "cleared"
+        self._previous = self._current if rotation == "aged" else {}
         self._current = {}
         self._window_started = now
-        return True
+        return rotation
