@@ -131,10 +131,10 @@ class Settings(BaseSettings):
         "the no-load latency of a bid its size",
     )
     bid_concurrency_interval_ms: float = Field(
-        25.0,
+        50.0,
         gt=0,
-        description="adaptive: how long a standing queue must last (its fastest bid still slow); 100 sheds "
-        "less near capacity and lets admitted latency rise further under overload",
+        description="adaptive: how long a standing queue must last (its fastest bid still slow); 25 holds "
+        "admitted latency lower under overload and sheds more near capacity, 100 the other way",
     )
     bid_concurrency_headroom: float = Field(
         4.0,

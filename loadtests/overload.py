@@ -4,7 +4,8 @@ the answer, as measurements with verdicts (tests/integration/test_overload.py as
 of this box's noise on the p99 bound; on a 2-core box the generator competes for the same cores):
 
   capacity      the most bids/s served (200) by a step of a x1.3 ladder whose p99 stays within
-                --p99-bound-ms; the ladder stops at the first step that sheds over a tenth of its offer
+                --p99-bound-ms (a step that misses is tried once more); the ladder stops at the first
+                step that misses twice or sheds over a tenth of its offer
   unloaded      p50/p99 at a quarter of capacity, for 8 s (its p99 is the reference: long enough to be stable)
   at 3x         for 6 s: admitted (200) p50/p99, shed (503) count and p99, the worst answer against tmax,
                 other errors, RSS before/after, and goodput: bids served per second / capacity
@@ -69,18 +70,32 @@ def overload_payloads(candidates: int, tmax_ms: int) -> list[bytes]:
     return [http_request_bytes("/v1/bid", orjson.dumps(r)) for r in workload.requests(256, seed=7)]
 
 
+def _served_within(
+    server: Server, payloads: list[bytes], rate: float, seed: int, p99_bound_ms: float
+) -> float:
+    """Bids/s served (200) by one 2 s step at `rate`; 0 when its p99 passed the bound or bids never ended."""
+    samples = _step(server, payloads, rate, 2.0, seed)
+    if samples.unfinished or _p(samples.latencies_s, 99) > p99_bound_ms:
+        return 0.0
+    return len(samples.latencies_s) / samples.duration_s
+
+
 def measure(server: Server, payloads: list[bytes], p99_bound_ms: float, tmax_ms: int) -> dict[str, Any]:
     _step(server, payloads, 100.0, 1.0, seed=99)  # warm caches and connections
     rate, capacity = 150.0, 0.0
-    for seed in range(12):
-        samples = _step(server, payloads, rate, 2.0, seed)
-        if samples.unfinished or _p(samples.latencies_s, 99) > p99_bound_ms:
+    for seed in range(0, 24, 2):
+        # A step that misses is tried once more before the ladder stops, as the bench's ladder does: one
+        # 2 s step's p99 on this shared box can catch a neighbour's stall (a clean-clone CI run once
+        # stopped at the first step, 150 bids/s, a sixth of this worker's capacity).
+        served = _served_within(server, payloads, rate, seed, p99_bound_ms)
+        if served == 0.0:
+            served = _served_within(server, payloads, rate, seed + 1, p99_bound_ms)
+        if served == 0.0:
             break
+        capacity = max(capacity, served)
         # Capacity is what it serves within the bound: the learnt bids-in-flight limit sheds part of a
         # step near saturation (those 503s are its answer, not a failure), and once it sheds more than a
         # tenth of what is offered the served rate has stopped growing.
-        served = len(samples.latencies_s) / samples.duration_s
-        capacity = max(capacity, served)
         if served < 0.9 * rate:
             break
         rate *= 1.3

@@ -11,12 +11,13 @@ measured from the bid's estimated arrival (so the wait in the loop counts), rela
 of a bid of its size (`gateway.scoring.latency_floors`, from bids that started with at most `min_limit` in
 flight): a burst makes some bids slow, a standing queue makes every bid slow. So per `interval_s` the
 limiter takes the *fastest* bid's ratio to its no-load latency (after a quarter interval already, when
-that ratio is over twice the tolerance: an overload's onset). The interval is 25 ms, not CoDel's 100 ms
-(sized for network round trips; a bid takes a few ms), measured both ways with the real model on one
-worker: at 3x capacity, admitted p99 13-18 ms (25 ms) against 17-22 ms (100 ms), unloaded 7-8.6; near
-capacity (700-900 bids/s) 100 ms shed nothing where 25 ms shed a few bids of a step (a bench step of
-753 bids/s once shed 10%, the next run 5% at 1,054 and none below). The first is what an overloaded
-bidder needs; `bid_concurrency_interval_ms=100` trades it for throughput.
+that ratio is over twice the tolerance: an overload's onset). The interval is 50 ms, not CoDel's 100 ms
+(sized for network round trips; a bid takes a few ms). Measured with the real model on one worker, the
+three alternating on one Triton, three rounds: at 60, 75 and 90% of the worker's capacity (4 s each,
+about 2,000 bids a step), 25 ms shed 429 bids over the nine steps (up to 9% of a 90% step), 50 ms 63 and
+100 ms 4; at 3x capacity the admitted p99 was 1.81-1.96x the unloaded one with 25 ms, 1.92-2.29x with
+50 ms, 2.34-3.74x with 100 ms. Shedding a tenth of the bids of a busy hour costs a bidder more than two
+milliseconds of p99 in an overload, so 50 ms; `bid_concurrency_interval_ms=25` takes the other side.
 
   * above `tolerance` (even the best bid queued), the queue is standing: the limit is multiplied by
     `max(0.25, tolerance / ratio)` (Gradient2's gradient, unsmoothed: one decision per interval; a floor
@@ -33,6 +34,17 @@ bidder needs; `bid_concurrency_interval_ms=100` trades it for throughput.
 A per-bid rule (the micro-batcher's `gateway.scoring.limiter`, where every Triton call is a sample worth
 judging) shed 1.2% of the bids at 400 bids/s, half this worker's capacity: on a CPU-bound worker any two
 bids in flight slow each other, so every burst read as congestion.
+
+Also measured near capacity and at 3x, and not taken (each alternated with this rule on one Triton; the
+sheds near capacity come from intervals that really are slow on a box whose CPU is shared, so each change
+either shed as much or let more latency through at 3x):
+  * no cut on an interval with fewer than 3 (or 5) bids judged;
+  * growing back half-way to the limit before the last cut on each clean interval (TCP's fast recovery);
+  * a short wait for a slot instead of an instant 503 (2 or 4 ms, newest first once waiters pile up, as
+    Facebook's adaptive LIFO): as many sheds, and the sheds' own p99 rose to 11-24 ms;
+  * holding the limit while the process got little CPU (a neighbour's stall, not our queue): the
+    gateway's CPU share in the intervals that cut was 0.4-0.8 at two thirds of capacity and 0.5-0.9 at
+    3x: no line to draw between them.
 
 Pure: no asyncio, no I/O, the clock is injected; not thread-safe (one event loop owns it).
 """
@@ -54,7 +66,7 @@ class BidConcurrencyLimit:
         min_limit: int = 4,
         max_limit: int = 64,
         tolerance: float = 2.0,
-        interval_s: float = 0.025,
+        interval_s: float = 0.05,
         headroom: float = 4.0,
         burst: int = 16,
         window_s: float = 10.0,
