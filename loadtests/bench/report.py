@@ -338,6 +338,12 @@ def write_markdown(  # noqa: PLR0917 - one caller, every input named
             if config.retry_failed_steps
             else ""
         )
+        + (
+            f"; an arm that fails the first rung is stepped down (/{config.growth:g}), up to "
+            f"{config.steps_down} times"
+            if config.steps_down
+            else ""
+        )
         + "). CPU is process time (user + system, all threads and child processes) per successful "
         "bid during that step.",
         "",

@@ -53,3 +53,20 @@ def test_without_retries_a_spike_decides() -> None:
     assert rates == [100.0, 200.0, 150.0]
     assert arm.best is not None
     assert arm.best.offered_rate == 150.0
+
+
+def test_an_arm_that_fails_the_first_rung_is_stepped_down() -> None:
+    # The warm-up runs at the first rung too (its scripted p99 comes first); the fixed rate elsewhere.
+    config = replace(CONFIG, fixed_rate=10.0)
+    arm, rates = ladder(config, {100.0: [1.0, 40.0, 40.0], 50.0: [40.0, 40.0]})
+    # 100 fails twice, 50 (100 / growth 2) twice, 25 passes; then bisection between 25 and 50.
+    assert rates == [100.0, 100.0, 50.0, 50.0, 25.0, 37.5]
+    assert arm.best is not None
+    assert arm.best.offered_rate == 37.5
+
+
+def test_an_arm_that_fails_every_rung_down_has_no_throughput() -> None:
+    config = replace(CONFIG, fixed_rate=10.0, retry_failed_steps=False, steps_down=1)
+    arm, rates = ladder(config, {100.0: [1.0, 40.0], 50.0: [40.0]})
+    assert rates == [100.0, 50.0]
+    assert arm.best is None
